@@ -1,0 +1,29 @@
+"""numpy_cnn: a small convolutional network library in pure NumPy."""
+
+from . import layers
+from .init import XavierUniform, Zeros
+from .layers import Conv2d, Layer, Linear, MaxPool2d, ReLU, Reshape
+from .loss import CrossEntropyLoss
+from .net import Net
+from .optim import SGD, Adam, Optimizer
+from .tensor import Tensor, default_dtype, get_default_dtype
+
+__all__ = [
+    "SGD",
+    "Adam",
+    "Conv2d",
+    "CrossEntropyLoss",
+    "Layer",
+    "Linear",
+    "MaxPool2d",
+    "Net",
+    "Optimizer",
+    "ReLU",
+    "Reshape",
+    "Tensor",
+    "XavierUniform",
+    "Zeros",
+    "default_dtype",
+    "get_default_dtype",
+    "layers",
+]

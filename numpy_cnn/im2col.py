@@ -1,0 +1,48 @@
+"""im2col / col2im: turn a convolution into one GEMM, looping only over kernel offsets."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+def output_size(size: int, k: int, stride: int, pad: int = 0) -> int:
+    return (size + 2 * pad - k) // stride + 1
+
+
+def pad2d(x: np.ndarray, ph: int, pw: int) -> np.ndarray:
+    """Zero-pad the last two axes of (N, C, H, W)."""
+    if ph == 0 and pw == 0:
+        return x
+    n, c, h, w = x.shape
+    xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
+    xp[:, :, ph : ph + h, pw : pw + w] = x
+    return xp
+
+
+def windows(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int) -> np.ndarray:
+    """A strided view (N, C, OH, OW, KH, KW) of every kernel window; nothing is copied."""
+    return sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+
+
+def im2col(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int) -> np.ndarray:
+    # (N, C, Hp, Wp) -> (N*OH*OW, C*KH*KW), columns ordered (c, kh, kw) like a conv weight
+    n, c = xp.shape[:2]
+    win = windows(xp, kh, kw, sh, sw)
+    oh, ow = win.shape[2:4]
+    return win.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw)
+
+
+def col2im(
+    dcol: np.ndarray, xp_shape: tuple[int, ...], kh: int, kw: int, sh: int, sw: int
+) -> np.ndarray:
+    # (N*OH*OW, C*KH*KW) -> (N, C, Hp, Wp): each window's gradient summed back onto its pixels
+    n, c, hp, wp = xp_shape
+    oh, ow = output_size(hp, kh, sh), output_size(wp, kw, sw)
+    # one transpose copy so that every slice below is a contiguous (N, C, OH, OW) block
+    cols = np.ascontiguousarray(dcol.reshape(n, oh, ow, c, kh, kw).transpose(0, 3, 4, 5, 1, 2))
+    dxp = np.zeros(xp_shape, dtype=dcol.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw] += cols[:, :, i, j]
+    return dxp

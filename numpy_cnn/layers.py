@@ -1,0 +1,222 @@
+"""Layers: each has forward(x) and backward(grad) -> grad wrt x; learnable ones fill Tensor.grad."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .im2col import col2im, im2col, output_size, pad2d, windows
+from .init import Initializer, XavierUniform, Zeros
+from .tensor import Tensor, get_default_dtype
+
+Size = int | Sequence[int]
+
+
+def pair(size: Size, name: str) -> tuple[int, int]:
+    """An int or a pair of ints as a pair of positive ints."""
+    if isinstance(size, int | np.integer):
+        size = (size, size)
+    size = tuple(int(s) for s in size)
+    if len(size) != 2 or min(size) < 0:
+        raise ValueError(f"{name} must be an int or a pair of non-negative ints, got {size}")
+    return size
+
+
+class Layer:
+    """Base class: `params` maps a name ('weight', 'bias') to its Tensor."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, Tensor] = {}
+
+    @property
+    def parameters(self) -> list[Tensor]:
+        return list(self.params.values())
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, grad: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Linear(Layer):
+    """y = x @ weight + bias, with weight (in, out) and bias (out,)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        w_init: Initializer | None = None,
+        b_init: Initializer | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        rng = rng if rng is not None else np.random.default_rng()
+        dtype = get_default_dtype()
+        self.in_features, self.out_features = in_features, out_features
+        shape = (in_features, out_features)
+        self.params["weight"] = Tensor((w_init or XavierUniform())(shape, rng, dtype), dtype)
+        self.params["bias"] = Tensor((b_init or Zeros())((out_features,), rng, dtype), dtype)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        # (N, in) -> (N, out)
+        w, b = self.params["weight"], self.params["bias"]
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"{self!r} expects input (N, {self.in_features}), got {x.shape}")
+        self._x = x = x.astype(w.dtype, copy=False)
+        out = x @ w.data
+        out += b.data
+        return out
+
+    def backward(self, grad: np.ndarray) -> np.ndarray:
+        w, b = self.params["weight"], self.params["bias"]
+        np.matmul(self._x.T, grad, out=w.grad)
+        np.sum(grad, axis=0, out=b.grad)
+        return grad @ w.data.T
+
+    def __repr__(self) -> str:
+        return f"Linear({self.in_features}, {self.out_features})"
+
+
+class Conv2d(Layer):
+    """2-D convolution over NCHW input via im2col, weight (out, in, kh, kw), bias (out,)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        k_size: Size,
+        stride: Size = 1,
+        padding: Size = 0,
+        w_init: Initializer | None = None,
+        b_init: Initializer | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        rng = rng if rng is not None else np.random.default_rng()
+        dtype = get_default_dtype()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.k_size, self.stride = pair(k_size, "k_size"), pair(stride, "stride")
+        self.padding = pair(padding, "padding")
+        if min(self.k_size) < 1 or min(self.stride) < 1:
+            raise ValueError(f"k_size and stride must be >= 1, got {self.k_size}, {self.stride}")
+        shape = (out_channels, in_channels, *self.k_size)
+        self.params["weight"] = Tensor((w_init or XavierUniform())(shape, rng, dtype), dtype)
+        self.params["bias"] = Tensor((b_init or Zeros())((out_channels,), rng, dtype), dtype)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        # (N, C, H, W) -> (N, OC, OH, OW)
+        w, b = self.params["weight"], self.params["bias"]
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"{self!r} expects input (N, {self.in_channels}, H, W), got {x.shape}")
+        (kh, kw), (sh, sw), (ph, pw) = self.k_size, self.stride, self.padding
+        n, _, h, wd = x.shape
+        oh, ow = output_size(h, kh, sh, ph), output_size(wd, kw, sw, pw)
+        if oh < 1 or ow < 1:
+            raise ValueError(f"{self!r}: input {h}x{wd} is smaller than the kernel")
+        xp = pad2d(x.astype(w.dtype, copy=False), ph, pw)
+        self._x_shape, self._xp_shape = x.shape, xp.shape
+        self._col = im2col(xp, kh, kw, sh, sw)  # (N*OH*OW, C*KH*KW)
+        out = self._col @ w.data.reshape(self.out_channels, -1).T  # (N*OH*OW, OC)
+        out += b.data
+        # an NCHW view of NHWC memory: no copy here, the next layer reads it through strides
+        return out.reshape(n, oh, ow, self.out_channels).transpose(0, 3, 1, 2)
+
+    def backward(self, grad: np.ndarray) -> np.ndarray:
+        w, b = self.params["weight"], self.params["bias"]
+        (kh, kw), (sh, sw), (ph, pw) = self.k_size, self.stride, self.padding
+        g = grad.transpose(0, 2, 3, 1).reshape(-1, self.out_channels)  # (N*OH*OW, OC)
+        np.matmul(g.T, self._col, out=w.grad.reshape(self.out_channels, -1))
+        np.sum(g, axis=0, out=b.grad)
+        dcol = g @ w.data.reshape(self.out_channels, -1)  # (N*OH*OW, C*KH*KW)
+        dxp = col2im(dcol, self._xp_shape, kh, kw, sh, sw)
+        h, wd = self._x_shape[2:]
+        return dxp[:, :, ph : ph + h, pw : pw + wd]
+
+    def __repr__(self) -> str:
+        return (
+            f"Conv2d({self.in_channels}, {self.out_channels}, k_size={self.k_size}, "
+            f"stride={self.stride}, padding={self.padding})"
+        )
+
+
+class MaxPool2d(Layer):
+    """Max over each window of NCHW input; the gradient goes to the first maximum of a window."""
+
+    def __init__(self, k_size: Size, stride: Size | None = None) -> None:
+        super().__init__()
+        self.k_size = pair(k_size, "k_size")
+        self.stride = pair(stride if stride is not None else k_size, "stride")
+        if min(self.k_size) < 1 or min(self.stride) < 1:
+            raise ValueError(f"k_size and stride must be >= 1, got {self.k_size}, {self.stride}")
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        # (N, C, H, W) -> (N, C, OH, OW); rows/columns no window reaches are ignored
+        if x.ndim != 4:
+            raise ValueError(f"{self!r} expects input (N, C, H, W), got {x.shape}")
+        (kh, kw), (sh, sw) = self.k_size, self.stride
+        if x.shape[2] < kh or x.shape[3] < kw:
+            raise ValueError(f"{self!r}: input {x.shape[2:]} is smaller than the window")
+        win = windows(x, kh, kw, sh, sw)
+        n, c, oh, ow = win.shape[:4]
+        win = win.reshape(n, c, oh, ow, kh * kw)  # the one copy of the windows
+        self._x_shape, self._x_dtype = x.shape, x.dtype
+        self._arg = win.argmax(axis=-1)[..., None]  # (N, C, OH, OW, 1)
+        return np.take_along_axis(win, self._arg, axis=-1)[..., 0]
+
+    def backward(self, grad: np.ndarray) -> np.ndarray:
+        (kh, kw), (sh, sw) = self.k_size, self.stride
+        n, c, oh, ow = grad.shape
+        dx = np.zeros(self._x_shape, dtype=grad.dtype)
+        if (kh, kw) == (sh, sw):
+            # non-overlapping windows tile the input: scatter once, then one reshaped assignment
+            dwin = np.zeros((n, c, oh, ow, kh * kw), dtype=grad.dtype)
+            np.put_along_axis(dwin, self._arg, grad[..., None], axis=-1)
+            tiles = dwin.reshape(n, c, oh, ow, kh, kw).transpose(0, 1, 2, 4, 3, 5)
+            dx[:, :, : oh * kh, : ow * kw] = tiles.reshape(n, c, oh * kh, ow * kw)
+            return dx
+        arg = self._arg[..., 0]
+        for i in range(kh):
+            for j in range(kw):
+                # overlapping windows may share a pixel, so their gradients add up
+                hit = np.where(arg == i * kw + j, grad, 0)
+                dx[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw] += hit
+        return dx
+
+    def __repr__(self) -> str:
+        return f"MaxPool2d(k_size={self.k_size}, stride={self.stride})"
+
+
+class ReLU(Layer):
+    """max(x, 0); the gradient passes where x > 0."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self._mask = x > 0
+        return np.where(self._mask, x, 0).astype(x.dtype, copy=False)
+
+    def backward(self, grad: np.ndarray) -> np.ndarray:
+        return np.where(self._mask, grad, 0).astype(grad.dtype, copy=False)
+
+
+class Reshape(Layer):
+    """Reshape all but the batch axis; Reshape(-1) flattens (N, ...) to (N, -1)."""
+
+    def __init__(self, *shape: int) -> None:
+        super().__init__()
+        if not shape:
+            raise ValueError("Reshape needs a target shape, e.g. Reshape(-1)")
+        self.shape = shape
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self._x_shape = x.shape
+        return x.reshape(x.shape[0], *self.shape)
+
+    def backward(self, grad: np.ndarray) -> np.ndarray:
+        return grad.reshape(self._x_shape)
+
+    def __repr__(self) -> str:
+        return f"Reshape({', '.join(map(str, self.shape))})"

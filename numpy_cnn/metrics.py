@@ -1,0 +1,21 @@
+"""Accuracy of a net on a data split, in chunks so the im2col buffers stay small."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .data import Split, to_float
+from .net import Net
+
+
+def accuracy(preds: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(preds.argmax(axis=1) == labels))
+
+
+def evaluate(net: Net, split: Split, shape: tuple[int, ...], chunk: int = 1000) -> float:
+    """Fraction of `split` that `net` classifies correctly."""
+    correct = 0
+    for i in range(0, len(split), chunk):
+        preds = net.forward(to_float(split.images[i : i + chunk], shape))
+        correct += int(np.sum(preds.argmax(axis=1) == split.labels[i : i + chunk]))
+    return correct / len(split)

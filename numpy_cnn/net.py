@@ -1,0 +1,71 @@
+"""Net: a list of layers run forward and backward, with .npz save/load of its parameters."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+
+import numpy as np
+
+from .layers import Layer
+from .tensor import Tensor
+
+
+class Net:
+    """The layers in order; `parameters` is every Tensor in layer order."""
+
+    def __init__(self, layers: Iterable[Layer]) -> None:
+        self.layers = list(layers)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, grad: np.ndarray) -> np.ndarray:
+        for layer in reversed(self.layers):
+            grad = layer.backward(grad)
+        return grad
+
+    @property
+    def parameters(self) -> list[Tensor]:
+        return [p for layer in self.layers for p in layer.parameters]
+
+    def named_parameters(self) -> dict[str, Tensor]:
+        """'{layer_index}.{name}' -> Tensor, in the order of `parameters`."""
+        return {f"{i}.{k}": p for i, layer in enumerate(self.layers) for k, p in layer.params.items()}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write one array per parameter to a .npz file, atomically."""
+        path = os.fspath(path)
+        arrays = {k: p.data for k, p in self.named_parameters().items()}
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Copy the arrays of a .npz written by `save` into this net's parameters, in place."""
+        params = self.named_parameters()
+        with np.load(path, allow_pickle=False) as f:
+            if set(f.files) != set(params):
+                missing, extra = sorted(set(params) - set(f.files)), sorted(set(f.files) - set(params))
+                raise ValueError(f"{path}: parameters do not match this net (missing {missing}, unexpected {extra})")
+            for key, p in params.items():
+                arr = f[key]
+                if arr.shape != p.shape:
+                    raise ValueError(f"{path}: {key} has shape {arr.shape}, the net needs {p.shape}")
+                p.data[...] = arr
+
+    def __repr__(self) -> str:
+        inner = ",\n".join(f"  {layer!r}" for layer in self.layers)
+        return f"Net([\n{inner}\n])"

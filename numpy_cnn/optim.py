@@ -1,0 +1,111 @@
+"""Optimizers: one base class; each rule is a short in-place `_step` per parameter."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+
+from .tensor import Tensor
+
+
+class Optimizer:
+    """The parameters, the step count `t`, and per-parameter state buffers."""
+
+    state_names: tuple[str, ...] = ()
+
+    def __init__(self, params: Iterable[Tensor], lr: float) -> None:
+        self.params = list(params)
+        if not self.params:
+            raise ValueError("optimizer got an empty parameter list")
+        if not all(isinstance(p, Tensor) for p in self.params):
+            raise TypeError("optimizer parameters must be Tensors (pass net.parameters)")
+        if len({id(p) for p in self.params}) != len(self.params):
+            raise ValueError("optimizer got the same Tensor twice")
+        self.lr = lr
+        self.t = 0
+        self.state = {name: [np.zeros_like(p.data) for p in self.params] for name in self.state_names}
+        # one scratch buffer per parameter, so a step allocates nothing
+        self._buf = [np.empty_like(p.data) for p in self.params]
+
+    def update(self) -> None:
+        self.t += 1
+        for i, p in enumerate(self.params):
+            self._step(i, p)
+
+    def _step(self, i: int, p: Tensor) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Everything needed to continue bit for bit: t and copies of the state buffers."""
+        out = {"t": np.array(self.t, dtype=np.int64)}
+        for name, bufs in self.state.items():
+            out.update({f"{name}.{i}": b.copy() for i, b in enumerate(bufs)})
+        return out
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        expected = {"t"} | {f"{n}.{i}" for n in self.state for i in range(len(self.params))}
+        if set(state) != expected:
+            raise ValueError(f"optimizer state keys {sorted(state)} do not match {sorted(expected)}")
+        for name, bufs in self.state.items():
+            for i, b in enumerate(bufs):
+                src = np.asarray(state[f"{name}.{i}"])
+                if src.shape != b.shape:
+                    raise ValueError(f"optimizer state {name}.{i} has shape {src.shape}, expected {b.shape}")
+                b[...] = src
+        self.t = int(state["t"])
+
+
+class SGD(Optimizer):
+    """p -= lr * v, with v = momentum * v + g (v = g when momentum is 0)."""
+
+    state_names = ("velocity",)
+
+    def __init__(self, params: Iterable[Tensor], lr: float = 0.01, momentum: float = 0.0) -> None:
+        super().__init__(params, lr)
+        self.momentum = momentum
+
+    def _step(self, i: int, p: Tensor) -> None:
+        if self.momentum:
+            v = self.state["velocity"][i]
+            v *= self.momentum
+            v += p.grad
+        else:
+            v = p.grad
+        buf = np.multiply(v, self.lr, out=self._buf[i])
+        p.data -= buf
+
+
+class Adam(Optimizer):
+    """Kingma & Ba (2015) with bias correction, in the same arithmetic order as torch.optim.Adam."""
+
+    state_names = ("m", "v")
+
+    def __init__(
+        self,
+        params: Iterable[Tensor],
+        lr: float = 1e-3,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+    ) -> None:
+        super().__init__(params, lr)
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+
+    def _step(self, i: int, p: Tensor) -> None:
+        m, v, buf = self.state["m"][i], self.state["v"][i], self._buf[i]
+        b1, b2 = self.beta1, self.beta2
+        m *= b1
+        m += np.multiply(p.grad, 1 - b1, out=buf)
+        v *= b2
+        np.multiply(p.grad, p.grad, out=buf)
+        buf *= 1 - b2
+        v += buf
+        # p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+        np.sqrt(v, out=buf)
+        buf /= math.sqrt(1 - b2**self.t)
+        buf += self.eps
+        np.divide(m, buf, out=buf)
+        buf *= self.lr / (1 - b1**self.t)
+        p.data -= buf

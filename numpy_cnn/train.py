@@ -1,0 +1,208 @@
+"""Serial training, the seed's loop: `python -m numpy_cnn.train MODEL`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from tqdm import tqdm
+
+from .data import batches, load, steps_per_epoch
+from .data.mnist import DATASETS
+from .loss import CrossEntropyLoss
+from .metrics import accuracy, evaluate
+from .models import DEFAULT_EPOCHS, MODELS, build, input_shape
+from .net import Net
+from .optim import Adam
+
+
+@dataclass
+class Config:
+    """Everything that defines a training run; the same seed gives the same run, bit for bit."""
+
+    model: str
+    epochs: int | None = None  # None: the seed's count for this model
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    max_steps: int | None = None
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    save: str | None = None
+    metrics: str | None = None
+
+    @property
+    def n_epochs(self) -> int:
+        return self.epochs if self.epochs is not None else DEFAULT_EPOCHS[self.model]
+
+
+def epoch_record(epoch: int, step: int, loss: float, train_acc: float, test_acc: float,
+                 seconds: float, samples: int) -> dict:
+    """One line of --metrics output; distributed training writes the same keys."""
+    return {
+        "epoch": epoch,
+        "step": step,
+        "loss": round(loss, 6),
+        "train_acc": round(train_acc, 6),
+        "test_acc": round(test_acc, 6),
+        "seconds": round(seconds, 4),
+        "samples_per_s": round(samples / seconds, 1) if seconds > 0 else None,
+    }
+
+
+def format_record(r: dict, epochs: int) -> str:
+    return (
+        f"epoch {r['epoch']}/{epochs}  step {r['step']}  loss {r['loss']:.4f}  "
+        f"train {100 * r['train_acc']:.2f}%  test {100 * r['test_acc']:.2f}%  "
+        f"{r['seconds']:.2f} s  {r['samples_per_s']} samples/s"
+    )
+
+
+def train(
+    config: Config, progress: bool | None = None, log: Callable[[str], None] = print
+) -> tuple[Net, list[dict]]:
+    """Train `config.model` on `config.dataset`; returns the net and one record per epoch."""
+    data = load(config.dataset, config.data_dir)
+    shape = input_shape(config.model)
+    net = build(config.model, seed=config.seed)
+    loss_f, optimizer = CrossEntropyLoss(), Adam(net.parameters, lr=config.lr)
+    progress = sys.stderr.isatty() if progress is None else progress
+    metrics = open(config.metrics, "w", encoding="utf-8") if config.metrics else None
+    history: list[dict] = []
+    step, n = 0, len(data.train)
+    try:
+        for epoch in range(config.n_epochs):
+            todo = steps_per_epoch(n, config.batch_size)
+            if config.max_steps is not None:
+                todo = min(todo, config.max_steps - step)
+            total_loss, correct, seen = 0.0, 0, 0
+            bar = tqdm(total=todo, desc=f"epoch {epoch + 1}", unit="step", leave=False,
+                       disable=not progress, file=sys.stderr)
+            start = time.perf_counter()
+            for x, y in batches(data.train.images, data.train.labels, config.batch_size,
+                                config.seed, epoch, shape):
+                if todo == 0:
+                    break
+                preds = net.forward(x)
+                loss = loss_f.loss(preds, y)
+                net.backward(loss_f.grad(preds, y))
+                optimizer.update()
+                total_loss += loss * len(y)
+                correct += round(accuracy(preds, y) * len(y))
+                seen += len(y)
+                step += 1
+                todo -= 1
+                bar.update()
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            seconds = time.perf_counter() - start
+            bar.close()
+            record = epoch_record(epoch + 1, step, total_loss / seen, correct / seen,
+                                  evaluate(net, data.test, shape), seconds, seen)
+            history.append(record)
+            log(format_record(record, config.n_epochs))
+            if metrics:
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+            if config.max_steps is not None and step >= config.max_steps:
+                break
+    finally:
+        if metrics:
+            metrics.close()
+    if config.save:
+        net.save(config.save)
+        log(f"saved {config.save}")
+    return net, history
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The training flags; distributed training takes the same ones."""
+    parser.add_argument("model", choices=sorted(MODELS), help="which of the seed's models to train")
+    parser.add_argument("--epochs", type=positive_int, default=None,
+                        help="passes over the training set (default: the seed's, "
+                        + ", ".join(f"{k} {v}" for k, v in DEFAULT_EPOCHS.items()) + ")")
+    parser.add_argument("--batch-size", type=positive_int, default=64,
+                        help="samples per optimizer step (default: %(default)s)")
+    parser.add_argument("--lr", type=positive_float, default=1e-3,
+                        help="Adam learning rate (default: %(default)s)")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="fixes the initial weights and every epoch's order (default: %(default)s)")
+    parser.add_argument("--max-steps", type=positive_int, default=None,
+                        help="stop after this many optimizer steps in total")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist",
+                        help="mnist, or the drop-in fashion-mnist (default: %(default)s)")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder with the four IDX files, raw or .gz (default: $NUMPY_CNN_DATA, "
+                        "then ~/.cache/numpy_cnn/DATASET, then download)")
+    parser.add_argument("--save", metavar="PATH.npz", default=None,
+                        help="write the final weights here, one array per parameter")
+    parser.add_argument("--metrics", metavar="PATH.jsonl", default=None,
+                        help="write one JSON line per epoch: epoch, step, loss, train_acc, "
+                        "test_acc, seconds, samples_per_s")
+
+
+def check_writable(parser: argparse.ArgumentParser, path: str | None, flag: str) -> None:
+    if path is None:
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        parser.error(f"{flag} {path}: folder {directory} does not exist or is not writable")
+    if os.path.isdir(path):
+        parser.error(f"{flag} {path}: is a folder")
+
+
+def parse_config(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
+    args = parser.parse_args(argv)
+    check_writable(parser, args.save, "--save")
+    check_writable(parser, args.metrics, "--metrics")
+    fields = Config.__dataclass_fields__
+    config = Config(**{k: v for k, v in vars(args).items() if k in fields})
+    return config, args
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m numpy_cnn.train",
+        description="Train one of the seed's models on MNIST in this process (serial training).",
+    )
+    add_arguments(parser)
+    config, _ = parse_config(parser, argv)
+    print("config " + json.dumps(asdict(config)), flush=True)
+    try:
+        train(config)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

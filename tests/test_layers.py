@@ -1,0 +1,169 @@
+"""Every layer against central differences in float64, and against a naive loop oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_close, numerical_grad
+
+from numpy_cnn import Conv2d, Linear, MaxPool2d, ReLU, Reshape, default_dtype
+
+
+def check_layer(layer, x: np.ndarray, seed: int = 0) -> None:
+    """Analytic input and parameter gradients of sum(layer(x) * r) match central differences."""
+    rng = np.random.default_rng(seed)
+    r = rng.standard_normal(layer.forward(x).shape)
+
+    def f() -> float:
+        return float(np.sum(layer.forward(x) * r))
+
+    layer.forward(x)
+    r_before = r.copy()
+    dx = layer.backward(r)
+    np.testing.assert_array_equal(r, r_before, err_msg="backward modified its input gradient")
+    assert dx.shape == x.shape and dx.dtype == x.dtype
+    grads = {k: p.grad.copy() for k, p in layer.params.items()}
+    assert_close(dx, numerical_grad(f, x))
+    for k, p in layer.params.items():
+        assert_close(grads[k], numerical_grad(f, p.data), rtol=1e-6)
+
+
+def naive_conv(x, w, b, stride, pad):
+    n, c, h, wd = x.shape
+    oc, _, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1])))
+    oh = (h + 2 * pad[0] - kh) // stride[0] + 1
+    ow = (wd + 2 * pad[1] - kw) // stride[1] + 1
+    out = np.zeros((n, oc, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            patch = xp[:, :, i * stride[0] : i * stride[0] + kh, j * stride[1] : j * stride[1] + kw]
+            out[:, :, i, j] = np.tensordot(patch, w, axes=([1, 2, 3], [1, 2, 3])) + b
+    return out
+
+
+def naive_maxpool(x, k, s):
+    n, c, h, w = x.shape
+    oh, ow = (h - k[0]) // s[0] + 1, (w - k[1]) // s[1] + 1
+    out = np.zeros((n, c, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            out[:, :, i, j] = x[:, :, i * s[0] : i * s[0] + k[0], j * s[1] : j * s[1] + k[1]].max(axis=(2, 3))
+    return out
+
+
+def f64(rng, *shape):
+    return rng.standard_normal(shape)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_linear_gradients(batch):
+    rng = np.random.default_rng(1)
+    with default_dtype(np.float64):
+        layer = Linear(5, 4, rng=rng)
+    layer.params["bias"].data[:] = rng.standard_normal(4)
+    check_layer(layer, f64(rng, batch, 5))
+
+
+CONV_CASES = [
+    # (in, out, k, stride, pad, input H, W, batch)
+    (1, 2, (3, 3), (1, 1), (0, 0), 5, 5, 2),
+    (2, 3, (3, 2), (2, 1), (1, 2), 7, 6, 2),  # non-square kernel, stride 2, asymmetric pad
+    (3, 2, (5, 5), (1, 1), (2, 2), 6, 8, 1),  # seed-like padding, non-square input, batch 1
+    (2, 2, (2, 3), (3, 2), (0, 1), 8, 9, 2),  # stride > kernel: ragged coverage
+]
+
+
+@pytest.mark.parametrize("cin,cout,k,s,p,h,w,n", CONV_CASES)
+def test_conv2d_gradients(cin, cout, k, s, p, h, w, n):
+    rng = np.random.default_rng(2)
+    with default_dtype(np.float64):
+        layer = Conv2d(cin, cout, k_size=k, stride=s, padding=p, rng=rng)
+    layer.params["bias"].data[:] = rng.standard_normal(cout)
+    check_layer(layer, f64(rng, n, cin, h, w))
+
+
+@pytest.mark.parametrize("cin,cout,k,s,p,h,w,n", CONV_CASES)
+def test_conv2d_matches_naive_loop(cin, cout, k, s, p, h, w, n):
+    rng = np.random.default_rng(3)
+    with default_dtype(np.float64):
+        layer = Conv2d(cin, cout, k_size=k, stride=s, padding=p, rng=rng)
+    layer.params["bias"].data[:] = rng.standard_normal(cout)
+    x = f64(rng, n, cin, h, w)
+    expected = naive_conv(x, layer.params["weight"].data, layer.params["bias"].data, s, p)
+    assert_close(layer.forward(x), expected, rtol=1e-12)
+
+
+POOL_CASES = [
+    # (k, stride, H, W, batch)
+    ((2, 2), (2, 2), 4, 6, 2),  # the fast path
+    ((2, 2), (2, 2), 5, 7, 1),  # fast path, ragged edge left over
+    ((3, 3), (2, 2), 7, 6, 2),  # overlapping
+    ((3, 2), (1, 2), 5, 5, 1),  # overlapping rows, non-square window
+    ((2, 3), (3, 2), 8, 9, 2),  # stride > window: ragged and gapped
+]
+
+
+@pytest.mark.parametrize("k,s,h,w,n", POOL_CASES)
+def test_maxpool_gradients(k, s, h, w, n):
+    rng = np.random.default_rng(4)
+    check_layer(MaxPool2d(k_size=k, stride=s), f64(rng, n, 2, h, w))
+
+
+@pytest.mark.parametrize("k,s,h,w,n", POOL_CASES)
+def test_maxpool_matches_naive_loop(k, s, h, w, n):
+    x = f64(np.random.default_rng(5), n, 3, h, w)
+    np.testing.assert_array_equal(MaxPool2d(k, s).forward(x), naive_maxpool(x, k, s))
+
+
+def test_maxpool_tie_sends_gradient_to_first_max_only():
+    pool = MaxPool2d(2, 2)
+    x = np.zeros((1, 1, 2, 2))
+    pool.forward(x)
+    dx = pool.backward(np.ones((1, 1, 1, 1)))
+    np.testing.assert_array_equal(dx, [[[[1, 0], [0, 0]]]])
+
+
+def test_relu_gradients():
+    x = f64(np.random.default_rng(6), 3, 7)
+    x[np.abs(x) < 1e-3] = 0.5  # keep clear of the kink, where the derivative is undefined
+    check_layer(ReLU(), x)
+
+
+def test_reshape_flattens_all_but_batch():
+    x = f64(np.random.default_rng(7), 2, 3, 4, 5)
+    layer = Reshape(-1)
+    assert layer.forward(x).shape == (2, 60)
+    check_layer(layer, x)
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: Conv2d(1, 6, k_size=(5, 5), stride=(1, 1), padding=(2, 2)), (4, 1, 28, 28)),
+    (lambda: Linear(784, 10), (4, 784)),
+    (lambda: MaxPool2d(k_size=[2, 2], stride=[2, 2]), (4, 6, 28, 28)),
+    (lambda: ReLU(), (4, 10)),
+])
+def test_float32_stays_float32(make, shape):
+    layer = make()
+    x = np.random.default_rng(8).random(shape, dtype=np.float32)
+    out = layer.forward(x)
+    assert out.dtype == np.float32
+    assert layer.backward(np.ones_like(out)).dtype == np.float32
+    assert all(p.grad.dtype == np.float32 for p in layer.parameters)
+
+
+def test_float64_input_is_not_upcast_by_a_float32_layer():
+    layer = Linear(3, 2)
+    assert layer.forward(np.ones((1, 3))).dtype == np.float32
+
+
+@pytest.mark.parametrize("bad", [
+    lambda: Conv2d(1, 2, k_size=3).forward(np.zeros((1, 2, 5, 5))),
+    lambda: Conv2d(1, 2, k_size=7).forward(np.zeros((1, 1, 5, 5))),
+    lambda: Linear(3, 2).forward(np.zeros((1, 4))),
+    lambda: MaxPool2d(3).forward(np.zeros((1, 1, 2, 2))),
+    lambda: Conv2d(1, 2, k_size=(1, 2, 3)),
+])
+def test_bad_shapes_are_clear_errors(bad):
+    with pytest.raises(ValueError):
+        bad()
