@@ -33,9 +33,7 @@ def im2col(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int) -> np.ndarray:
     return win.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw)
 
 
-def col2im(
-    dcol: np.ndarray, xp_shape: tuple[int, ...], kh: int, kw: int, sh: int, sw: int
-) -> np.ndarray:
+def col2im(dcol: np.ndarray, xp_shape: tuple[int, ...], kh: int, kw: int, sh: int, sw: int) -> np.ndarray:
     # (N*OH*OW, C*KH*KW) -> (N, C, Hp, Wp): each window's gradient summed back onto its pixels
     n, c, hp, wp = xp_shape
     oh, ow = output_size(hp, kh, sh), output_size(wp, kw, sw)

@@ -14,31 +14,35 @@ from .tensor import default_dtype, get_default_dtype
 
 def fc_net(rng: np.random.Generator) -> Net:
     # (N, 784) -> (N, 10)
-    return Net([
-        layers.Linear(784, 400, rng=rng),
-        layers.ReLU(),
-        layers.Linear(400, 100, rng=rng),
-        layers.ReLU(),
-        layers.Linear(100, 10, rng=rng),
-    ])
+    return Net(
+        [
+            layers.Linear(784, 400, rng=rng),
+            layers.ReLU(),
+            layers.Linear(400, 100, rng=rng),
+            layers.ReLU(),
+            layers.Linear(100, 10, rng=rng),
+        ]
+    )
 
 
 def conv_net(rng: np.random.Generator) -> Net:
     # (N, 1, 28, 28) -> (N, 10)
-    return Net([
-        layers.Conv2d(1, 6, k_size=(5, 5), stride=(1, 1), padding=(2, 2), rng=rng),
-        layers.ReLU(),
-        layers.MaxPool2d(k_size=[2, 2], stride=[2, 2]),
-        layers.Conv2d(6, 16, k_size=[5, 5], stride=[1, 1], rng=rng),
-        layers.ReLU(),
-        layers.MaxPool2d(k_size=[2, 2], stride=[2, 2]),
-        layers.Reshape(-1),
-        layers.Linear(400, 120, rng=rng),
-        layers.ReLU(),
-        layers.Linear(120, 84, rng=rng),
-        layers.ReLU(),
-        layers.Linear(84, 10, rng=rng),
-    ])
+    return Net(
+        [
+            layers.Conv2d(1, 6, k_size=(5, 5), stride=(1, 1), padding=(2, 2), rng=rng),
+            layers.ReLU(),
+            layers.MaxPool2d(k_size=[2, 2], stride=[2, 2]),
+            layers.Conv2d(6, 16, k_size=[5, 5], stride=[1, 1], rng=rng),
+            layers.ReLU(),
+            layers.MaxPool2d(k_size=[2, 2], stride=[2, 2]),
+            layers.Reshape(-1),
+            layers.Linear(400, 120, rng=rng),
+            layers.ReLU(),
+            layers.Linear(120, 84, rng=rng),
+            layers.ReLU(),
+            layers.Linear(84, 10, rng=rng),
+        ]
+    )
 
 
 MODELS: dict[str, Callable[[np.random.Generator], Net]] = {"fc-net": fc_net, "conv-net": conv_net}

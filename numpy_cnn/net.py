@@ -58,8 +58,13 @@ class Net:
         params = self.named_parameters()
         with np.load(path, allow_pickle=False) as f:
             if set(f.files) != set(params):
-                missing, extra = sorted(set(params) - set(f.files)), sorted(set(f.files) - set(params))
-                raise ValueError(f"{path}: parameters do not match this net (missing {missing}, unexpected {extra})")
+                missing, extra = (
+                    sorted(set(params) - set(f.files)),
+                    sorted(set(f.files) - set(params)),
+                )
+                raise ValueError(
+                    f"{path}: parameters do not match this net (missing {missing}, unexpected {extra})"
+                )
             for key, p in params.items():
                 arr = f[key]
                 if arr.shape != p.shape:

@@ -19,6 +19,7 @@ from .metrics import accuracy, evaluate
 from .models import DEFAULT_EPOCHS, MODELS, build, input_shape
 from .net import Net
 from .optim import Adam
+from .schedules import SCHEDULES
 
 
 @dataclass
@@ -28,7 +29,8 @@ class Config:
     model: str
     epochs: int | None = None  # None: the seed's count for this model
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3
+    lr_schedule: str = "cosine"
     seed: int = 0
     max_steps: int | None = None
     dataset: str = "mnist"
@@ -40,9 +42,20 @@ class Config:
     def n_epochs(self) -> int:
         return self.epochs if self.epochs is not None else DEFAULT_EPOCHS[self.model]
 
+    def lr_at(self, step: int, steps_per_epoch: int) -> float:
+        """The learning rate of optimizer step `step` (0-based): a pure function of the config."""
+        return SCHEDULES[self.lr_schedule](self.lr, step, self.n_epochs * steps_per_epoch)
 
-def epoch_record(epoch: int, step: int, loss: float, train_acc: float, test_acc: float,
-                 seconds: float, samples: int) -> dict:
+
+def epoch_record(
+    epoch: int,
+    step: int,
+    loss: float,
+    train_acc: float,
+    test_acc: float,
+    seconds: float,
+    samples: int,
+) -> dict:
     """One line of --metrics output; distributed training writes the same keys."""
     return {
         "epoch": epoch,
@@ -75,22 +88,31 @@ def train(
     metrics = open(config.metrics, "w", encoding="utf-8") if config.metrics else None
     history: list[dict] = []
     step, n = 0, len(data.train)
+    per_epoch = steps_per_epoch(n, config.batch_size)
     try:
         for epoch in range(config.n_epochs):
-            todo = steps_per_epoch(n, config.batch_size)
+            todo = per_epoch
             if config.max_steps is not None:
                 todo = min(todo, config.max_steps - step)
             total_loss, correct, seen = 0.0, 0, 0
-            bar = tqdm(total=todo, desc=f"epoch {epoch + 1}", unit="step", leave=False,
-                       disable=not progress, file=sys.stderr)
+            bar = tqdm(
+                total=todo,
+                desc=f"epoch {epoch + 1}",
+                unit="step",
+                leave=False,
+                disable=not progress,
+                file=sys.stderr,
+            )
             start = time.perf_counter()
-            for x, y in batches(data.train.images, data.train.labels, config.batch_size,
-                                config.seed, epoch, shape):
+            for x, y in batches(
+                data.train.images, data.train.labels, config.batch_size, config.seed, epoch, shape
+            ):
                 if todo == 0:
                     break
                 preds = net.forward(x)
                 loss = loss_f.loss(preds, y)
                 net.backward(loss_f.grad(preds, y))
+                optimizer.lr = config.lr_at(step, per_epoch)
                 optimizer.update()
                 total_loss += loss * len(y)
                 correct += round(accuracy(preds, y) * len(y))
@@ -101,8 +123,15 @@ def train(
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             seconds = time.perf_counter() - start
             bar.close()
-            record = epoch_record(epoch + 1, step, total_loss / seen, correct / seen,
-                                  evaluate(net, data.test, shape), seconds, seen)
+            record = epoch_record(
+                epoch + 1,
+                step,
+                total_loss / seen,
+                correct / seen,
+                evaluate(net, data.test, shape),
+                seconds,
+                seen,
+            )
             history.append(record)
             log(format_record(record, config.n_epochs))
             if metrics:
@@ -143,27 +172,68 @@ def positive_float(text: str) -> float:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The training flags; distributed training takes the same ones."""
     parser.add_argument("model", choices=sorted(MODELS), help="which of the seed's models to train")
-    parser.add_argument("--epochs", type=positive_int, default=None,
-                        help="passes over the training set (default: the seed's, "
-                        + ", ".join(f"{k} {v}" for k, v in DEFAULT_EPOCHS.items()) + ")")
-    parser.add_argument("--batch-size", type=positive_int, default=64,
-                        help="samples per optimizer step (default: %(default)s)")
-    parser.add_argument("--lr", type=positive_float, default=1e-3,
-                        help="Adam learning rate (default: %(default)s)")
-    parser.add_argument("--seed", type=non_negative_int, default=0,
-                        help="fixes the initial weights and every epoch's order (default: %(default)s)")
-    parser.add_argument("--max-steps", type=positive_int, default=None,
-                        help="stop after this many optimizer steps in total")
-    parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist",
-                        help="mnist, or the drop-in fashion-mnist (default: %(default)s)")
-    parser.add_argument("--data-dir", default=None,
-                        help="folder with the four IDX files, raw or .gz (default: $NUMPY_CNN_DATA, "
-                        "then ~/.cache/numpy_cnn/DATASET, then download)")
-    parser.add_argument("--save", metavar="PATH.npz", default=None,
-                        help="write the final weights here, one array per parameter")
-    parser.add_argument("--metrics", metavar="PATH.jsonl", default=None,
-                        help="write one JSON line per epoch: epoch, step, loss, train_acc, "
-                        "test_acc, seconds, samples_per_s")
+    parser.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=None,
+        help="passes over the training set (default: the seed's, "
+        + ", ".join(f"{k} {v}" for k, v in DEFAULT_EPOCHS.items())
+        + ")",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=64,
+        help="samples per optimizer step (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--lr",
+        type=positive_float,
+        default=2e-3,
+        help="Adam's base learning rate (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--lr-schedule",
+        choices=sorted(SCHEDULES),
+        default="cosine",
+        help="cosine decays the rate to 0 over --epochs; constant keeps it (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=non_negative_int,
+        default=0,
+        help="fixes the initial weights and every epoch's order (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=positive_int,
+        default=None,
+        help="stop after this many optimizer steps in total",
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=sorted(DATASETS),
+        default="mnist",
+        help="mnist, or the drop-in fashion-mnist (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with the four IDX files, raw or .gz (default: $NUMPY_CNN_DATA, "
+        "then ~/.cache/numpy_cnn/DATASET, then download)",
+    )
+    parser.add_argument(
+        "--save",
+        metavar="PATH.npz",
+        default=None,
+        help="write the final weights here, one array per parameter",
+    )
+    parser.add_argument(
+        "--metrics",
+        metavar="PATH.jsonl",
+        default=None,
+        help="write one JSON line per epoch: epoch, step, loss, train_acc, test_acc, seconds, samples_per_s",
+    )
 
 
 def check_writable(parser: argparse.ArgumentParser, path: str | None, flag: str) -> None:
@@ -176,7 +246,9 @@ def check_writable(parser: argparse.ArgumentParser, path: str | None, flag: str)
         parser.error(f"{flag} {path}: is a folder")
 
 
-def parse_config(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
+def parse_config(
+    parser: argparse.ArgumentParser, argv: list[str] | None = None
+) -> tuple[Config, argparse.Namespace]:
     args = parser.parse_args(argv)
     check_writable(parser, args.save, "--save")
     check_writable(parser, args.metrics, "--metrics")

@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from numpy_cnn.data import load
+from numpy_cnn.data.mnist import FILES, cache_dir, find_in
+
 SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "mnist"
 
 
@@ -34,8 +37,10 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float = 1e-6) -
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    """The real MNIST files: $NUMPY_CNN_DATA, else ../shared/datasets/mnist beside the repo."""
-    path = Path(os.environ.get("NUMPY_CNN_DATA", SHARED_MNIST))
-    if not (path / "train-images-idx3-ubyte.gz").exists() and not (path / "train-images-idx3-ubyte").exists():
-        pytest.fail(f"real MNIST not found at {path}; set NUMPY_CNN_DATA")
-    return path
+    """A folder with the real MNIST files: $NUMPY_CNN_DATA, ../shared beside the repo, or the cache."""
+    candidates = [os.environ.get("NUMPY_CNN_DATA"), SHARED_MNIST]
+    for path in filter(None, candidates):
+        if all(find_in(Path(path), name) for name in FILES):
+            return Path(path)
+    load()  # fetches and verifies into the user cache, exactly as a user's first run does
+    return cache_dir("mnist")

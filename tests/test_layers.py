@@ -137,12 +137,15 @@ def test_reshape_flattens_all_but_batch():
     check_layer(layer, x)
 
 
-@pytest.mark.parametrize("make,shape", [
-    (lambda: Conv2d(1, 6, k_size=(5, 5), stride=(1, 1), padding=(2, 2)), (4, 1, 28, 28)),
-    (lambda: Linear(784, 10), (4, 784)),
-    (lambda: MaxPool2d(k_size=[2, 2], stride=[2, 2]), (4, 6, 28, 28)),
-    (lambda: ReLU(), (4, 10)),
-])
+@pytest.mark.parametrize(
+    "make,shape",
+    [
+        (lambda: Conv2d(1, 6, k_size=(5, 5), stride=(1, 1), padding=(2, 2)), (4, 1, 28, 28)),
+        (lambda: Linear(784, 10), (4, 784)),
+        (lambda: MaxPool2d(k_size=[2, 2], stride=[2, 2]), (4, 6, 28, 28)),
+        (lambda: ReLU(), (4, 10)),
+    ],
+)
 def test_float32_stays_float32(make, shape):
     layer = make()
     x = np.random.default_rng(8).random(shape, dtype=np.float32)
@@ -157,13 +160,16 @@ def test_float64_input_is_not_upcast_by_a_float32_layer():
     assert layer.forward(np.ones((1, 3))).dtype == np.float32
 
 
-@pytest.mark.parametrize("bad", [
-    lambda: Conv2d(1, 2, k_size=3).forward(np.zeros((1, 2, 5, 5))),
-    lambda: Conv2d(1, 2, k_size=7).forward(np.zeros((1, 1, 5, 5))),
-    lambda: Linear(3, 2).forward(np.zeros((1, 4))),
-    lambda: MaxPool2d(3).forward(np.zeros((1, 1, 2, 2))),
-    lambda: Conv2d(1, 2, k_size=(1, 2, 3)),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda: Conv2d(1, 2, k_size=3).forward(np.zeros((1, 2, 5, 5))),
+        lambda: Conv2d(1, 2, k_size=7).forward(np.zeros((1, 1, 5, 5))),
+        lambda: Linear(3, 2).forward(np.zeros((1, 4))),
+        lambda: MaxPool2d(3).forward(np.zeros((1, 1, 2, 2))),
+        lambda: Conv2d(1, 2, k_size=(1, 2, 3)),
+    ],
+)
 def test_bad_shapes_are_clear_errors(bad):
     with pytest.raises(ValueError):
         bad()

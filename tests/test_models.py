@@ -19,15 +19,26 @@ def test_output_is_n_by_10(name, shape):
 def test_definitions_are_the_seeds():
     conv = models.build("conv-net")
     assert [repr(layer) for layer in conv.layers] == [
-        "Conv2d(1, 6, k_size=(5, 5), stride=(1, 1), padding=(2, 2))", "ReLU()",
+        "Conv2d(1, 6, k_size=(5, 5), stride=(1, 1), padding=(2, 2))",
+        "ReLU()",
         "MaxPool2d(k_size=(2, 2), stride=(2, 2))",
-        "Conv2d(6, 16, k_size=(5, 5), stride=(1, 1), padding=(0, 0))", "ReLU()",
-        "MaxPool2d(k_size=(2, 2), stride=(2, 2))", "Reshape(-1)",
-        "Linear(400, 120)", "ReLU()", "Linear(120, 84)", "ReLU()", "Linear(84, 10)",
+        "Conv2d(6, 16, k_size=(5, 5), stride=(1, 1), padding=(0, 0))",
+        "ReLU()",
+        "MaxPool2d(k_size=(2, 2), stride=(2, 2))",
+        "Reshape(-1)",
+        "Linear(400, 120)",
+        "ReLU()",
+        "Linear(120, 84)",
+        "ReLU()",
+        "Linear(84, 10)",
     ]
     fc = models.build("fc-net")
     assert [repr(layer) for layer in fc.layers] == [
-        "Linear(784, 400)", "ReLU()", "Linear(400, 100)", "ReLU()", "Linear(100, 10)",
+        "Linear(784, 400)",
+        "ReLU()",
+        "Linear(400, 100)",
+        "ReLU()",
+        "Linear(100, 10)",
     ]
     assert all(isinstance(p.data, np.ndarray) and p.dtype == np.float32 for p in conv.parameters)
 

@@ -10,10 +10,17 @@ from numpy_cnn import Adam, CrossEntropyLoss, Net, default_dtype, layers
 
 
 def test_seed_usage_runs_verbatim_and_learns():
-    from numpy_cnn import Adam, CrossEntropyLoss, Net, layers  # the seed's import line
+    from numpy_cnn import CrossEntropyLoss, Net, layers  # the seed's import line
 
-    net = Net([layers.Conv2d(1, 6, k_size=(5, 5), stride=(1, 1), padding=(2, 2)), layers.ReLU(),
-               layers.MaxPool2d(k_size=[2, 2], stride=[2, 2]), layers.Reshape(-1), layers.Linear(1176, 10)])
+    net = Net(
+        [
+            layers.Conv2d(1, 6, k_size=(5, 5), stride=(1, 1), padding=(2, 2)),
+            layers.ReLU(),
+            layers.MaxPool2d(k_size=[2, 2], stride=[2, 2]),
+            layers.Reshape(-1),
+            layers.Linear(1176, 10),
+        ]
+    )
     loss_f = CrossEntropyLoss()
     optimizer = Adam(net.parameters)
     rng = np.random.default_rng(0)
@@ -31,11 +38,16 @@ def test_seed_usage_runs_verbatim_and_learns():
 
 
 def small_net(rng):
-    return Net([
-        layers.Conv2d(2, 3, k_size=3, stride=1, padding=1, rng=rng), layers.ReLU(),
-        layers.MaxPool2d(2, 2), layers.Conv2d(3, 2, k_size=(2, 3), stride=(1, 2), rng=rng),
-        layers.Reshape(-1), layers.Linear(4, 3, rng=rng),
-    ])
+    return Net(
+        [
+            layers.Conv2d(2, 3, k_size=3, stride=1, padding=1, rng=rng),
+            layers.ReLU(),
+            layers.MaxPool2d(2, 2),
+            layers.Conv2d(3, 2, k_size=(2, 3), stride=(1, 2), rng=rng),
+            layers.Reshape(-1),
+            layers.Linear(4, 3, rng=rng),
+        ]
+    )
 
 
 def test_whole_net_gradient_matches_central_differences():

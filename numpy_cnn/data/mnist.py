@@ -16,7 +16,12 @@ import numpy as np
 
 from .idx import IDXError, read_idx
 
-FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 SHAPES = {"images": (None, 28, 28), "labels": (None,)}
 
 

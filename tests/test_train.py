@@ -1,0 +1,125 @@
+"""Serial training on the real MNIST: accuracy, exact reproducibility, output files, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from numpy_cnn import models
+from numpy_cnn.train import Config, main, train
+
+
+@pytest.mark.parametrize("model,steps", [("fc-net", 300), ("conv-net", 400)])
+def test_a_few_hundred_steps_reach_95_percent(mnist_dir, model, steps):
+    _, history = train(
+        Config(model, epochs=1, max_steps=steps, data_dir=str(mnist_dir)),
+        progress=False,
+        log=lambda s: None,
+    )
+    assert history[-1]["step"] == steps
+    assert history[-1]["test_acc"] >= 0.95
+
+
+def test_same_seed_same_run_bit_for_bit(mnist_dir, tmp_path):
+    def run(name, seed):
+        path = tmp_path / f"{name}.npz"
+        _, hist = train(
+            Config(
+                "conv-net",
+                epochs=2,
+                max_steps=40,
+                seed=seed,
+                batch_size=50,
+                data_dir=str(mnist_dir),
+                save=str(path),
+            ),
+            progress=False,
+            log=lambda s: None,
+        )
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}, hist
+
+    (a, ha), (b, hb), (c, _) = run("a", 3), run("b", 3), run("c", 4)
+    assert ha[-1]["loss"] == hb[-1]["loss"]
+    assert all(a[k].tobytes() == b[k].tobytes() for k in a)
+    assert any(a[k].tobytes() != c[k].tobytes() for k in a)
+
+
+def test_cli_writes_metrics_and_a_loadable_model(mnist_dir, tmp_path):
+    save, metrics = tmp_path / "fc.npz", tmp_path / "m.jsonl"
+    # 940 steps of batch 64 cross the first epoch boundary (938 steps) into the second
+    code = main(
+        [
+            "fc-net",
+            "--epochs",
+            "2",
+            "--max-steps",
+            "940",
+            "--data-dir",
+            str(mnist_dir),
+            "--save",
+            str(save),
+            "--metrics",
+            str(metrics),
+        ]
+    )
+    assert code == 0
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2] and [r["step"] for r in lines] == [938, 940]
+    assert set(lines[0]) >= {
+        "epoch",
+        "step",
+        "loss",
+        "train_acc",
+        "test_acc",
+        "seconds",
+        "samples_per_s",
+    }
+    net = models.build("fc-net", seed=99)
+    net.load(save)
+    assert lines[0]["test_acc"] > 0.9
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["resnet"], "invalid choice"),
+        (["fc-net", "--batch-size", "0"], "must be a positive integer"),
+        (["fc-net", "--lr", "-1"], "must be a positive number"),
+        (["fc-net", "--dataset", "cifar"], "invalid choice"),
+        (["fc-net", "--save", "/nonexistent-dir/x.npz"], "does not exist or is not writable"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line(args, message):
+    r = subprocess.run(
+        [sys.executable, "-m", "numpy_cnn.train", *args], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 2
+    assert message in r.stderr and r.stdout == ""
+
+
+def test_help_explains_every_flag():
+    r = subprocess.run(
+        [sys.executable, "-m", "numpy_cnn.train", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0
+    for flag in [
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--lr-schedule",
+        "--seed",
+        "--max-steps",
+        "--dataset",
+        "--data-dir",
+        "--save",
+        "--metrics",
+    ]:
+        assert flag in r.stdout
