@@ -26,21 +26,21 @@ def windows(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int) -> np.ndarray:
 
 
 def im2col(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int) -> np.ndarray:
-    # (N, C, Hp, Wp) -> (N*OH*OW, C*KH*KW), columns ordered (c, kh, kw) like a conv weight
+    # (N, C, Hp, Wp) -> (C*KH*KW, N*OH*OW): rows ordered (c, kh, kw) like a conv weight's columns,
+    # so the whole batch is one GEMM whose output (OC, N*OH*OW) is already channel-major
     n, c = xp.shape[:2]
     win = windows(xp, kh, kw, sh, sw)
     oh, ow = win.shape[2:4]
-    return win.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw)
+    return win.transpose(1, 4, 5, 0, 2, 3).reshape(c * kh * kw, n * oh * ow)
 
 
 def col2im(dcol: np.ndarray, xp_shape: tuple[int, ...], kh: int, kw: int, sh: int, sw: int) -> np.ndarray:
-    # (N*OH*OW, C*KH*KW) -> (N, C, Hp, Wp): each window's gradient summed back onto its pixels
+    # (C*KH*KW, N*OH*OW) -> (N, C, Hp, Wp): each window's gradient summed back onto its pixels
     n, c, hp, wp = xp_shape
     oh, ow = output_size(hp, kh, sh), output_size(wp, kw, sw)
-    # one transpose copy so that every slice below is a contiguous (N, C, OH, OW) block
-    cols = np.ascontiguousarray(dcol.reshape(n, oh, ow, c, kh, kw).transpose(0, 3, 4, 5, 1, 2))
-    dxp = np.zeros(xp_shape, dtype=dcol.dtype)
+    cols = dcol.reshape(c, kh, kw, n, oh, ow)  # a view: each cols[:, i, j] is a contiguous block
+    dxp = np.zeros((c, n, hp, wp), dtype=dcol.dtype)
     for i in range(kh):
         for j in range(kw):
-            dxp[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw] += cols[:, :, i, j]
-    return dxp
+            dxp[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw] += cols[:, i, j]
+    return dxp.transpose(1, 0, 2, 3)

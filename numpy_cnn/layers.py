@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .im2col import col2im, im2col, output_size, pad2d, windows
+from .im2col import col2im, im2col, output_size, pad2d
 from .init import Initializer, XavierUniform, Zeros
 from .tensor import Tensor, get_default_dtype
 
@@ -36,7 +36,8 @@ class Layer:
     def forward(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def backward(self, grad: np.ndarray) -> np.ndarray:
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """Fill the parameters' .grad; return the gradient wrt the input (None if not input_grad)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -72,11 +73,11 @@ class Linear(Layer):
         out += b.data
         return out
 
-    def backward(self, grad: np.ndarray) -> np.ndarray:
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         w, b = self.params["weight"], self.params["bias"]
         np.matmul(self._x.T, grad, out=w.grad)
         np.sum(grad, axis=0, out=b.grad)
-        return grad @ w.data.T
+        return grad @ w.data.T if input_grad else None
 
     def __repr__(self) -> str:
         return f"Linear({self.in_features}, {self.out_features})"
@@ -120,19 +121,22 @@ class Conv2d(Layer):
             raise ValueError(f"{self!r}: input {h}x{wd} is smaller than the kernel")
         xp = pad2d(x.astype(w.dtype, copy=False), ph, pw)
         self._x_shape, self._xp_shape = x.shape, xp.shape
-        self._col = im2col(xp, kh, kw, sh, sw)  # (N*OH*OW, C*KH*KW)
-        out = self._col @ w.data.reshape(self.out_channels, -1).T  # (N*OH*OW, OC)
-        out += b.data
-        # an NCHW view of NHWC memory: no copy here, the next layer reads it through strides
-        return out.reshape(n, oh, ow, self.out_channels).transpose(0, 3, 1, 2)
+        self._col = im2col(xp, kh, kw, sh, sw)  # (C*KH*KW, N*OH*OW)
+        out = w.data.reshape(self.out_channels, -1) @ self._col  # (OC, N*OH*OW)
+        out += b.data[:, None]
+        # an NCHW view of channel-major memory: the next layer reads it through strides, and
+        # the backward GEMMs get their gradient in this layout without a copy
+        return out.reshape(self.out_channels, n, oh, ow).transpose(1, 0, 2, 3)
 
-    def backward(self, grad: np.ndarray) -> np.ndarray:
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         w, b = self.params["weight"], self.params["bias"]
         (kh, kw), (sh, sw), (ph, pw) = self.k_size, self.stride, self.padding
-        g = grad.transpose(0, 2, 3, 1).reshape(-1, self.out_channels)  # (N*OH*OW, OC)
-        np.matmul(g.T, self._col, out=w.grad.reshape(self.out_channels, -1))
-        np.sum(g, axis=0, out=b.grad)
-        dcol = g @ w.data.reshape(self.out_channels, -1)  # (N*OH*OW, C*KH*KW)
+        g = grad.transpose(1, 0, 2, 3).reshape(self.out_channels, -1)  # (OC, N*OH*OW)
+        np.matmul(g, self._col.T, out=w.grad.reshape(self.out_channels, -1))
+        np.sum(g, axis=1, out=b.grad)
+        if not input_grad:
+            return None
+        dcol = w.data.reshape(self.out_channels, -1).T @ g  # (C*KH*KW, N*OH*OW)
         dxp = col2im(dcol, self._xp_shape, kh, kw, sh, sw)
         h, wd = self._x_shape[2:]
         return dxp[:, :, ph : ph + h, pw : pw + wd]
@@ -154,37 +158,45 @@ class MaxPool2d(Layer):
         if min(self.k_size) < 1 or min(self.stride) < 1:
             raise ValueError(f"k_size and stride must be >= 1, got {self.k_size}, {self.stride}")
 
+    def _offsets(self, x: np.ndarray):
+        """(window position k, strided view of every window's element k), k in row-major order."""
+        (kh, kw), (sh, sw) = self.k_size, self.stride
+        oh, ow = output_size(x.shape[2], kh, sh), output_size(x.shape[3], kw, sw)
+        for i in range(kh):
+            for j in range(kw):
+                yield i * kw + j, x[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw]
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         # (N, C, H, W) -> (N, C, OH, OW); rows/columns no window reaches are ignored
         if x.ndim != 4:
             raise ValueError(f"{self!r} expects input (N, C, H, W), got {x.shape}")
-        (kh, kw), (sh, sw) = self.k_size, self.stride
-        if x.shape[2] < kh or x.shape[3] < kw:
+        if x.shape[2] < self.k_size[0] or x.shape[3] < self.k_size[1]:
             raise ValueError(f"{self!r}: input {x.shape[2:]} is smaller than the window")
-        win = windows(x, kh, kw, sh, sw)
-        n, c, oh, ow = win.shape[:4]
-        win = win.reshape(n, c, oh, ow, kh * kw)  # the one copy of the windows
-        self._x_shape, self._x_dtype = x.shape, x.dtype
-        self._arg = win.argmax(axis=-1)[..., None]  # (N, C, OH, OW, 1)
-        return np.take_along_axis(win, self._arg, axis=-1)[..., 0]
+        # loop over the KH*KW window offsets, never over pixels; strict > keeps the first maximum
+        offsets = self._offsets(x)
+        _, out = next(offsets)
+        out = out.copy()
+        index_type = np.min_scalar_type(self.k_size[0] * self.k_size[1] - 1)
+        arg = np.zeros(out.shape, dtype=index_type)
+        for k, view in offsets:
+            better = view > out
+            np.maximum(out, view, out=out)
+            arg = np.where(better, index_type.type(k), arg)
+        self._x, self._arg = x, arg
+        return out
 
-    def backward(self, grad: np.ndarray) -> np.ndarray:
-        (kh, kw), (sh, sw) = self.k_size, self.stride
-        n, c, oh, ow = grad.shape
-        dx = np.zeros(self._x_shape, dtype=grad.dtype)
-        if (kh, kw) == (sh, sw):
-            # non-overlapping windows tile the input: scatter once, then one reshaped assignment
-            dwin = np.zeros((n, c, oh, ow, kh * kw), dtype=grad.dtype)
-            np.put_along_axis(dwin, self._arg, grad[..., None], axis=-1)
-            tiles = dwin.reshape(n, c, oh, ow, kh, kw).transpose(0, 1, 2, 4, 3, 5)
-            dx[:, :, : oh * kh, : ow * kw] = tiles.reshape(n, c, oh * kh, ow * kw)
-            return dx
-        arg = self._arg[..., 0]
-        for i in range(kh):
-            for j in range(kw):
-                # overlapping windows may share a pixel, so their gradients add up
-                hit = np.where(arg == i * kw + j, grad, 0)
-                dx[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw] += hit
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        if not input_grad:
+            return None
+        dx = np.zeros_like(self._x, dtype=grad.dtype)  # in x's memory layout, whatever it is
+        # windows that do not overlap write disjoint pixels, so plain assignment is enough
+        overlap = any(k > s for k, s in zip(self.k_size, self.stride))
+        for k, view in self._offsets(dx):
+            hit = np.where(self._arg == k, grad, 0)
+            if overlap:
+                view += hit
+            else:
+                view[...] = hit
         return dx
 
     def __repr__(self) -> str:
@@ -196,10 +208,10 @@ class ReLU(Layer):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._mask = x > 0
-        return np.where(self._mask, x, 0).astype(x.dtype, copy=False)
+        return np.maximum(x, 0)
 
-    def backward(self, grad: np.ndarray) -> np.ndarray:
-        return np.where(self._mask, grad, 0).astype(grad.dtype, copy=False)
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        return grad * self._mask if input_grad else None
 
 
 class Reshape(Layer):
@@ -215,8 +227,8 @@ class Reshape(Layer):
         self._x_shape = x.shape
         return x.reshape(x.shape[0], *self.shape)
 
-    def backward(self, grad: np.ndarray) -> np.ndarray:
-        return grad.reshape(self._x_shape)
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        return grad.reshape(self._x_shape) if input_grad else None
 
     def __repr__(self) -> str:
         return f"Reshape({', '.join(map(str, self.shape))})"

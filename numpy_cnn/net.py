@@ -23,9 +23,10 @@ class Net:
             x = layer.forward(x)
         return x
 
-    def backward(self, grad: np.ndarray) -> np.ndarray:
-        for layer in reversed(self.layers):
-            grad = layer.backward(grad)
+    def backward(self, grad: np.ndarray, input_grad: bool = False) -> np.ndarray | None:
+        """Fill every parameter's .grad; the gradient wrt the net's input is only made on request."""
+        for i in reversed(range(len(self.layers))):
+            grad = self.layers[i].backward(grad, input_grad=input_grad or i > 0)
         return grad
 
     @property

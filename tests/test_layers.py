@@ -173,3 +173,22 @@ def test_float64_input_is_not_upcast_by_a_float32_layer():
 def test_bad_shapes_are_clear_errors(bad):
     with pytest.raises(ValueError):
         bad()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: MaxPool2d(2, 2), lambda: MaxPool2d(3, 2), lambda: ReLU(), lambda: Conv2d(3, 2, 3, padding=1)],
+)
+def test_memory_layout_does_not_change_results(make):
+    # conv outputs are NCHW views of channel-major memory; every layer must read them correctly
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 3, 6, 7))
+    x_view = np.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+    a, b = make(), make()
+    if a.params:
+        for k in a.params:
+            b.params[k].data[...] = a.params[k].data
+    out_a, out_b = a.forward(x), b.forward(x_view)
+    np.testing.assert_array_equal(out_a, out_b)
+    g = rng.standard_normal(out_a.shape)
+    np.testing.assert_array_equal(a.backward(g), b.backward(g))

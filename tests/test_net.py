@@ -94,3 +94,14 @@ def test_load_rejects_another_model(tmp_path):
     np.savez(path, **{"0.weight": np.zeros((2, 2)), "0.bias": np.zeros(2)})
     with pytest.raises(ValueError, match="shape"):
         Net([layers.Linear(3, 2)]).load(path)
+
+
+def test_input_gradient_only_on_request():
+    rng = np.random.default_rng(6)
+    with default_dtype(np.float64):
+        net = small_net(rng)
+    x, y = rng.standard_normal((2, 2, 6, 6)), np.array([1, 0])
+    loss_f = CrossEntropyLoss()
+    assert net.backward(loss_f.grad(net.forward(x), y)) is None
+    dx = net.backward(loss_f.grad(net.forward(x), y), input_grad=True)
+    assert_close(dx, numerical_grad(lambda: loss_f.loss(net.forward(x), y), x), rtol=1e-6)
