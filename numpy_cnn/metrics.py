@@ -1,4 +1,4 @@
-"""Accuracy of a net on a data split, in chunks so the im2col buffers stay small."""
+"""Test accuracy of a net on a data split, in chunks so the im2col buffers stay small."""
 
 from __future__ import annotations
 
@@ -6,10 +6,6 @@ import numpy as np
 
 from .data import Split, to_float
 from .net import Net
-
-
-def accuracy(preds: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(preds.argmax(axis=1) == labels))
 
 
 def evaluate(net: Net, split: Split, shape: tuple[int, ...], chunk: int = 1000) -> float:

@@ -60,7 +60,7 @@ def check_name(name: str) -> str:
 def build(name: str, seed: int = 0, dtype: DTypeLike | None = None) -> Net:
     """The model `name` with weights drawn from numpy.random.default_rng(seed)."""
     check_name(name)
-    with default_dtype(dtype or get_default_dtype()):
+    with default_dtype(get_default_dtype() if dtype is None else dtype):
         return MODELS[name](np.random.default_rng(seed))
 
 

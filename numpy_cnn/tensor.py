@@ -30,7 +30,7 @@ class Tensor:
     """A parameter's value `.data` and its gradient `.grad`, two arrays of one shape and dtype."""
 
     def __init__(self, data: ArrayLike, dtype: DTypeLike | None = None) -> None:
-        self.data = np.array(data, dtype=dtype or _default_dtype, copy=True)
+        self.data = np.array(data, dtype=_default_dtype if dtype is None else dtype, copy=True)
         self.grad = np.zeros_like(self.data)
 
     @property

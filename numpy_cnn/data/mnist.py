@@ -119,7 +119,9 @@ def _install(data: Path, dest: Path, name: str, dataset: str) -> np.ndarray:
     """Verify a fetched file, then move it into the cache atomically; a bad file never lands."""
     arr = verify(data, name, dataset)
     dest.mkdir(parents=True, exist_ok=True)
-    final = dest / (name + (".gz" if data.read_bytes()[:2] == b"\x1f\x8b" else ""))
+    with open(data, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    final = dest / (name + (".gz" if gzipped else ""))
     tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
     shutil.copyfile(data, tmp)
     with open(tmp, "rb") as f:
