@@ -41,7 +41,7 @@ def main() -> None:
             rest[r] = time.perf_counter() - t
             for i in reversed(range(n)):
                 t = time.perf_counter()
-                g = net.layers[i].backward(g)
+                g = net.layers[i].backward(g, input_grad=i > 0)  # as Net.backward does
                 bwd[r, i] = time.perf_counter() - t
             t = time.perf_counter()
             opt.update()

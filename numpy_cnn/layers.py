@@ -132,7 +132,8 @@ class Conv2d(Layer):
         w, b = self.params["weight"], self.params["bias"]
         (kh, kw), (sh, sw), (ph, pw) = self.k_size, self.stride, self.padding
         g = grad.transpose(1, 0, 2, 3).reshape(self.out_channels, -1)  # (OC, N*OH*OW)
-        np.matmul(g, self._col.T, out=w.grad.reshape(self.out_channels, -1))
+        # col @ g.T runs about twice as fast in OpenBLAS as g @ col.T for this long, thin product
+        w.grad.reshape(self.out_channels, -1)[...] = (self._col @ g.T).T
         np.sum(g, axis=1, out=b.grad)
         if not input_grad:
             return None
