@@ -37,11 +37,13 @@ class CrossEntropyLoss:
         t = self._targets(preds, y)
         return float(-(t * log_softmax(preds)).sum() / preds.shape[0])
 
-    def grad(self, preds: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def grad(self, preds: np.ndarray, y: np.ndarray, total: int | None = None) -> np.ndarray:
+        """d loss / d preds; `total` replaces len(preds) as the divisor when preds are one shard of
+        a larger batch, so the shards' gradients add up to the whole batch's."""
         t = self._targets(preds, y)
         p = np.exp(log_softmax(preds))
         # d/do of -sum(t log softmax(o)) is softmax(o) * sum(t) - t, and sum(t) = 1 per row
         p *= t.sum(axis=1, keepdims=True)
         p -= t
-        p /= preds.shape[0]
+        p /= preds.shape[0] if total is None else total
         return p

@@ -39,6 +39,7 @@ class Config:
     data_dir: str | None = None
     save: str | None = None
     metrics: str | None = None
+    dtype: str = "float32"
 
     @property
     def n_epochs(self) -> int:
@@ -84,7 +85,7 @@ def train(
     """Train `config.model` on `config.dataset`; returns the net and one record per epoch."""
     data = load(config.dataset, config.data_dir)
     shape = input_shape(config.model)
-    net = build(config.model, seed=config.seed)
+    net = build(config.model, seed=config.seed, dtype=config.dtype)
     loss_f, optimizer = CrossEntropyLoss(), Adam(net.parameters, lr=config.lr)
     progress = sys.stderr.isatty() if progress is None else progress
     metrics = open(config.metrics, "w", encoding="utf-8") if config.metrics else None
@@ -236,6 +237,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="write one JSON line per epoch: epoch, step, loss, train_acc, test_acc, seconds, samples_per_s",
     )
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        default="float32",
+        help="precision of weights and arithmetic; float64 is for checking (default: %(default)s)",
+    )
 
 
 def check_writable(parser: argparse.ArgumentParser, path: str | None, flag: str) -> None:
@@ -249,13 +256,14 @@ def check_writable(parser: argparse.ArgumentParser, path: str | None, flag: str)
 
 
 def parse_config(
-    parser: argparse.ArgumentParser, argv: list[str] | None = None
+    parser: argparse.ArgumentParser, argv: list[str] | None = None, config_type: type[Config] = Config
 ) -> tuple[Config, argparse.Namespace]:
+    """Parse the flags into `config_type` (Config, or a subclass with more fields)."""
     args = parser.parse_args(argv)
     check_writable(parser, args.save, "--save")
     check_writable(parser, args.metrics, "--metrics")
-    fields = Config.__dataclass_fields__
-    config = Config(**{k: v for k, v in vars(args).items() if k in fields})
+    fields = config_type.__dataclass_fields__
+    config = config_type(**{k: v for k, v in vars(args).items() if k in fields})
     return config, args
 
 

@@ -1,0 +1,47 @@
+"""JobConfig: serial training's Config plus how the work is split, checked before anything starts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from numpy_cnn.models import check_name
+from numpy_cnn.train import Config
+
+
+@dataclass
+class JobConfig(Config):
+    """A data-parallel run: the same seed and flags give the same weights whatever `workers` is."""
+
+    workers: int = 2
+    shards: int = 4  # micro-shards per global batch; fixes the reduction tree
+    timeout: float = 60.0  # seconds the server waits for a step's gradients, a worker for the server
+
+    def check(self) -> JobConfig:
+        """Raise ValueError naming the first flag that makes this run impossible."""
+        check_name(self.model)
+        if self.workers < 1 or self.shards < 1:
+            raise ValueError(f"--workers and --shards must be positive, got {self.workers}, {self.shards}")
+        if self.shards % self.workers:
+            raise ValueError(
+                f"--shards {self.shards} is not divisible by --workers {self.workers}: "
+                "every worker computes the same number of micro-shards"
+            )
+        if self.batch_size < self.shards:
+            raise ValueError(f"--batch-size {self.batch_size} is smaller than --shards {self.shards}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        if not self.timeout > 0:
+            raise ValueError(f"timeout must be positive, got {self.timeout}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}")
+        return cls(**data).check()

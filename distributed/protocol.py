@@ -1,0 +1,142 @@
+"""The wire format: one msgpack header frame, then one raw frame per array. Nothing is pickled.
+
+The header names the protocol version, the message type, its fields, and the dtype and shape of
+each array frame. `decode` checks all of that against the frames before any array is made, and
+the arrays it returns are read-only views of the received frames (no copy).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+
+VERSION = 1
+
+HELLO = "hello"  # worker -> server: rank, pid
+WELCOME = "welcome"  # server -> worker: rank, the job's config
+READY = "ready"  # worker -> server: rank; its data and replica are built
+PARAMS = "params"  # server -> worker: step, version, epoch, index; one array per parameter
+GRADS = "grads"  # worker -> server: its subtree sums of the gradient, and batch statistics
+STOP = "stop"  # server -> worker: reason
+
+# each message type's fields and their types; every field is required, no other is allowed
+SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
+    HELLO: {"rank": int, "pid": int},
+    WELCOME: {"rank": int, "config": dict},
+    READY: {"rank": int},
+    PARAMS: {"step": int, "version": int, "epoch": int, "index": int},
+    GRADS: {
+        "step": int,
+        "version": int,
+        "rank": int,
+        "nodes": list,  # [[lo, hi], ...] shard ranges, one group of arrays per node
+        "counts": list,  # samples in each node
+        "loss": float,  # sum of the per-sample losses
+        "correct": int,
+        "compute_s": float,
+    },
+    STOP: {"reason": str},
+}
+DTYPES = {np.dtype(np.float32).str: np.float32, np.dtype(np.float64).str: np.float64}
+MAX_HEADER_BYTES = 1 << 16
+MAX_ARRAYS = 1 << 12
+MAX_DIMS = 8
+
+
+class ProtocolError(ValueError):
+    """A message that is malformed, or is not what the receiver expects."""
+
+
+@dataclass
+class Message:
+    type: str
+    fields: dict[str, Any]
+    arrays: list[np.ndarray]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.fields[key]
+
+
+def encode(type_: str, arrays: Sequence[np.ndarray] = (), **fields: Any) -> list:
+    """Frames of one message: the packed header, then each array itself (sent without a copy)."""
+    _check_fields(type_, fields)
+    for a in arrays:
+        if not a.flags.c_contiguous or a.dtype.str not in DTYPES:
+            raise TypeError(f"cannot send a {a.dtype} array with strides {a.strides}")
+    header = {"v": VERSION, "type": type_, **fields, "arrays": [[a.dtype.str, list(a.shape)] for a in arrays]}
+    return [msgpack.packb(header, use_bin_type=True), *arrays]
+
+
+def decode(frames: Sequence[Any]) -> Message:
+    """Check and unpack received frames (bytes-like); raises ProtocolError saying what is wrong."""
+    if not frames:
+        raise ProtocolError("empty message")
+    head = memoryview(frames[0])
+    if head.nbytes > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {head.nbytes} bytes is over the {MAX_HEADER_BYTES} limit")
+    try:
+        header = msgpack.unpackb(
+            head,
+            raw=False,
+            strict_map_key=True,
+            max_bin_len=0,
+            max_ext_len=0,
+            max_array_len=MAX_ARRAYS,
+            max_map_len=64,
+            max_str_len=1 << 15,
+        )
+    except Exception as e:  # msgpack raises several unrelated types for bad input
+        raise ProtocolError(f"header is not valid msgpack: {type(e).__name__}: {e}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError(f"header is a {type(header).__name__}, not a map")
+    if header.get("v") != VERSION:
+        raise ProtocolError(f"protocol version {header.get('v')!r}, expected {VERSION}")
+    type_ = header.get("type")
+    if type_ not in SCHEMA:
+        raise ProtocolError(f"unknown message type {type_!r}")
+    specs = header.get("arrays")
+    if not isinstance(specs, list):
+        raise ProtocolError("header has no array list")
+    fields = {k: v for k, v in header.items() if k not in ("v", "type", "arrays")}
+    _check_fields(type_, fields)
+    if len(specs) != len(frames) - 1:
+        raise ProtocolError(f"header declares {len(specs)} arrays but {len(frames) - 1} frames follow")
+    arrays = [_array(spec, frame, i) for i, (spec, frame) in enumerate(zip(specs, frames[1:]))]
+    return Message(type_, fields, arrays)
+
+
+def _check_fields(type_: str, fields: dict[str, Any]) -> None:
+    schema = SCHEMA[type_]
+    if set(fields) != set(schema):
+        raise ProtocolError(f"{type_} message has fields {sorted(fields)}, expected {sorted(schema)}")
+    for key, kind in schema.items():
+        value = fields[key]
+        ok = isinstance(value, int | float) if kind is float else isinstance(value, kind)
+        if not ok or (isinstance(value, bool) and kind is not bool):
+            raise ProtocolError(f"{type_}.{key} is a {type(value).__name__}, expected {kind.__name__}")
+        if kind is float and not math.isfinite(value):
+            raise ProtocolError(f"{type_}.{key} is {value}")
+
+
+def _array(spec: Any, frame: Any, i: int) -> np.ndarray:
+    if not (isinstance(spec, list) and len(spec) == 2 and isinstance(spec[1], list)):
+        raise ProtocolError(f"array {i}: spec {spec!r} is not [dtype, shape]")
+    dtype, shape = spec
+    if dtype not in DTYPES:
+        raise ProtocolError(f"array {i}: dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    if len(shape) > MAX_DIMS or not all(type(d) is int and 0 <= d for d in shape):
+        raise ProtocolError(f"array {i}: bad shape {shape!r}")
+    buf = memoryview(frame)
+    expected = math.prod(shape) * np.dtype(dtype).itemsize
+    if buf.nbytes != expected:
+        raise ProtocolError(
+            f"array {i}: {dtype} {tuple(shape)} needs {expected} bytes, frame has {buf.nbytes}"
+        )
+    array = np.frombuffer(buf, dtype=DTYPES[dtype]).reshape(shape)
+    array.flags.writeable = False  # a view of the received frame: nobody writes into it
+    return array

@@ -1,0 +1,182 @@
+"""Worker: one replica of the net and the training data; turns parameters into shard gradients.
+
+`python -m distributed.worker --connect ENDPOINT --rank R` runs one; `launch` starts them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+
+from numpy_cnn.data import MNIST, batch_indices, epoch_order, load, to_float
+from numpy_cnn.loss import CrossEntropyLoss
+from numpy_cnn.models import build, input_shape
+
+from . import protocol
+from .config import JobConfig
+from .protocol import Message, ProtocolError
+from .shards import cover, shard_bounds, tree_sum, worker_shards
+
+log = logging.getLogger("distributed.worker")
+
+
+class Worker:
+    """Rank, replica, and one gradient buffer set per owned micro-shard; built by WELCOME."""
+
+    def __init__(self, rank: int, data: MNIST | None = None) -> None:
+        self.rank = rank
+        self.data = data
+        self.config: JobConfig | None = None
+        self.stopped = False
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, its permutation)
+
+    def hello(self) -> list:
+        return protocol.encode(protocol.HELLO, rank=self.rank, pid=os.getpid())
+
+    def handle(self, msg: Message) -> list | None:
+        """React to one message from the server; returns the reply's frames, if any."""
+        if msg.type == protocol.WELCOME:
+            self._setup(msg)
+            return protocol.encode(protocol.READY, rank=self.rank)
+        if msg.type == protocol.PARAMS:
+            return self._step(msg)
+        if msg.type == protocol.STOP:
+            log.info("worker %d: stopping (%s)", self.rank, msg["reason"])
+            self.stopped = True
+            return None
+        raise ProtocolError(f"worker {self.rank} does not expect a {msg.type} message")
+
+    def _setup(self, msg: Message) -> None:
+        if msg["rank"] != self.rank:
+            raise ProtocolError(f"welcomed as rank {msg['rank']}, but this is rank {self.rank}")
+        try:
+            config = JobConfig.from_dict(msg["config"])
+        except (TypeError, ValueError) as e:
+            raise ProtocolError(f"bad job config from the server: {e}") from None
+        self.config = config
+        if self.data is None:
+            self.data = load(config.dataset, config.data_dir)
+        self.net = build(config.model, seed=config.seed, dtype=config.dtype)
+        self.params = self.net.parameters
+        self.shape = input_shape(config.model)
+        self.loss = CrossEntropyLoss()
+        lo, hi = worker_shards(self.rank, config.workers, config.shards)
+        self.leaves = [(k, k + 1) for k in range(lo, hi)]
+        self.nodes = cover(lo, hi, config.shards)
+        # each micro-shard's backward writes straight into its own buffers: no copies
+        self.leaf_grads = {leaf: [np.zeros_like(p.data) for p in self.params] for leaf in self.leaves}
+        self.scratch: dict = {}
+        log.info(
+            "worker %d: %s, micro-shards [%d, %d) of %d, pid %d",
+            self.rank,
+            config.model,
+            lo,
+            hi,
+            config.shards,
+            os.getpid(),
+        )
+
+    def _step(self, msg: Message) -> list:
+        if self.config is None:
+            raise ProtocolError("parameters before the job's config")
+        if len(msg.arrays) != len(self.params) or any(
+            a.shape != p.shape or a.dtype != p.dtype for a, p in zip(msg.arrays, self.params)
+        ):
+            raise ProtocolError("parameters do not match this worker's net")
+        start = time.perf_counter()
+        for p, a in zip(self.params, msg.arrays):
+            p.data = a  # read-only view of the received frame; forward only reads weights
+        idx = self._batch(msg["epoch"], msg["index"])
+        bounds = shard_bounds(len(idx), self.config.shards)
+        loss_sum, correct, counts = 0.0, 0, {}
+        for leaf in self.leaves:
+            lo, hi = bounds[leaf[0]]
+            counts[leaf] = hi - lo
+            grads = self.leaf_grads[leaf]
+            if hi == lo:  # a short last batch can leave a micro-shard empty
+                for g in grads:
+                    g.fill(0)
+                continue
+            x = to_float(self.data.train.images[idx[lo:hi]], self.shape)
+            y = self.data.train.labels[idx[lo:hi]]
+            preds = self.net.forward(x)
+            loss_sum += self.loss.loss(preds, y) * (hi - lo)
+            correct += int(np.sum(preds.argmax(axis=1) == y))
+            for p, g in zip(self.params, grads):
+                p.grad = g
+            # divided by the whole global batch: the shards' gradients sum to its mean gradient
+            self.net.backward(self.loss.grad(preds, y, total=len(idx)))
+        arrays = []
+        for node in self.nodes:
+            arrays.extend(tree_sum(node, self.leaf_grads, self.scratch))
+        node_counts = [sum(counts[(k, k + 1)] for k in range(*node)) for node in self.nodes]
+        return protocol.encode(
+            protocol.GRADS,
+            arrays,
+            step=msg["step"],
+            version=msg["version"],
+            rank=self.rank,
+            nodes=[list(n) for n in self.nodes],
+            counts=node_counts,
+            loss=loss_sum,
+            correct=correct,
+            compute_s=time.perf_counter() - start,
+        )
+
+    def _batch(self, epoch: int, index: int) -> np.ndarray:
+        """Sample indices of the global batch `index` of `epoch`: the serial trainer's batch."""
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, epoch_order(len(self.data.train), self.config.seed, epoch))
+        idx = batch_indices(self._order[1], self.config.batch_size, index)
+        if len(idx) == 0:
+            raise ProtocolError(f"epoch {epoch} has no batch {index}")
+        return idx
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m distributed.worker",
+        description="One data-parallel worker: connects to a parameter server and computes gradients.",
+    )
+    parser.add_argument("--connect", required=True, help="the server's endpoint, e.g. tcp://127.0.0.1:5555")
+    parser.add_argument("--rank", type=int, required=True, help="this worker's rank, 0 .. workers-1")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="give up when the server says nothing for this many seconds (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--watch-stdin",
+        action="store_true",
+        help="exit when standard input closes (the launcher's lifeline, so no worker outlives it)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+
+    from threadpoolctl import threadpool_limits
+
+    from .lifeline import exit_when_stdin_closes
+    from .transport import serve_worker
+
+    if args.watch_stdin:
+        exit_when_stdin_closes(f"worker {args.rank}")
+    # one BLAS thread: deterministic bits, and N workers share the cores without oversubscribing
+    threadpool_limits(1)
+    try:
+        serve_worker(Worker(args.rank), args.connect, args.timeout)
+    except (TimeoutError, ConnectionError, ProtocolError, OSError) as e:
+        print(f"worker {args.rank}: error: {e}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

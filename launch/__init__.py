@@ -1,0 +1,1 @@
+"""The `launch` command: start and supervise one data-parallel training job."""

@@ -1,0 +1,7 @@
+"""`python -m launch`: the same as the `launch` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

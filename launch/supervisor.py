@@ -1,0 +1,219 @@
+"""Job: the server and the workers as child processes, their logs, and stopping them together.
+
+Every child runs in its own session, so Ctrl-C reaches only the launcher, which then stops them
+all in order. Each child's stdin is a pipe the launcher never writes: when the launcher dies,
+even by SIGKILL, the pipe closes and the child exits (distributed/lifeline.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from distributed.config import JobConfig
+
+from .progress import Progress
+
+STOP_GRACE_S = 3.0  # SIGTERM, then SIGKILL after this long
+FINISH_GRACE_S = 10.0  # after the server is done, the workers have this long to exit
+
+
+class Child:
+    """One child process, its role name ("server", "worker 2") and the thread reading its log."""
+
+    def __init__(self, name: str, argv: list[str], progress: Progress, env: dict, pass_fds=()) -> None:
+        self.name = name
+        self.process = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            pass_fds=pass_fds,
+            env=env,
+        )
+        self.reader = threading.Thread(target=self._stream, args=(progress,), daemon=True)
+        self.reader.start()
+
+    def _stream(self, progress: Progress) -> None:
+        for raw in self.process.stdout:
+            progress.write(f"[{self.name}] {raw.decode(errors='replace').rstrip()}")
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def describe_exit(self) -> str:
+        rc = self.process.returncode
+        if rc is not None and rc < 0:
+            try:
+                return f"was killed by {signal.Signals(-rc).name}"
+            except ValueError:
+                return f"was killed by signal {-rc}"
+        return f"exited with code {rc}"
+
+
+class Terminated(Exception):
+    """The launcher got SIGTERM."""
+
+
+class Job:
+    """Runs one job: the server first, the workers once it listens; returns the exit code."""
+
+    def __init__(self, config: JobConfig, progress: Progress | None = None) -> None:
+        self.config = config
+        self.progress = progress or Progress()
+        self.children: list[Child] = []
+        self.events: queue.Queue[dict] = queue.Queue()
+
+    def say(self, message: str) -> None:
+        self.progress.write(f"launch: {message}")
+
+    def run(self) -> int:
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            return self._run()
+        except KeyboardInterrupt:
+            self.say("interrupted; stopping every process")
+            return 130
+        except Terminated:
+            self.say("terminated; stopping every process")
+            return 143
+        finally:
+            self.stop_all()
+            self.progress.close()
+            signal.signal(signal.SIGTERM, previous)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        raise Terminated
+
+    def _spawn(self, name: str, args: list[str], env_extra: dict | None = None, pass_fds=()) -> Child:
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
+        child = Child(name, [sys.executable, "-m", *args, "--watch-stdin"], self.progress, env, pass_fds)
+        self.children.append(child)
+        self.say(f"started {name} (pid {child.pid})")
+        return child
+
+    def _read_events(self, fd: int) -> None:
+        with os.fdopen(fd, "r", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(event, dict):
+                    self.events.put(event)
+
+    def _run(self) -> int:
+        read_fd, write_fd = os.pipe()
+        try:
+            server = self._spawn(
+                "server",
+                [
+                    "distributed.server",
+                    "--config",
+                    json.dumps(self.config.to_dict()),
+                    "--events-fd",
+                    str(write_fd),
+                ],
+                pass_fds=(write_fd,),
+            )
+        finally:
+            os.close(write_fd)
+        reader = threading.Thread(target=self._read_events, args=(read_fd,), daemon=True)
+        reader.start()
+        done = False
+        while True:
+            try:
+                event = self.events.get(timeout=0.1)
+            except queue.Empty:
+                event = None
+            if event is not None:
+                kind = event.get("event")
+                if kind == "listening":
+                    self.progress.start(int(event.get("total_steps", 0)))
+                    self._start_workers(str(event.get("endpoint")))
+                elif kind == "done":
+                    done = True
+                else:
+                    self.progress.event(event)
+            for child in self.children:
+                if child.process.poll() is None or child.process.returncode == 0 and child is not server:
+                    continue
+                if child is server and server.process.returncode == 0:
+                    reader.join(timeout=2.0)  # the pipe is closed now: take its last events
+                    while not self.events.empty():
+                        done = done or self.events.get().get("event") == "done"
+                    return self._finish(done)
+                return self._fail(child)
+
+    def _start_workers(self, endpoint: str) -> None:
+        # one BLAS thread each, set before numpy loads; the worker pins it again with threadpoolctl
+        one_thread = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        for rank in range(self.config.workers):
+            self._spawn(
+                f"worker {rank}",
+                [
+                    "distributed.worker",
+                    "--connect",
+                    endpoint,
+                    "--rank",
+                    str(rank),
+                    "--timeout",
+                    str(self.config.timeout),
+                ],
+                env_extra=one_thread,
+            )
+
+    def _fail(self, child: Child) -> int:
+        self.say(f"{child.name} (pid {child.pid}) {child.describe_exit()}; stopping the job")
+        self.stop_all()
+        print(f"launch: error: {child.name} {child.describe_exit()}", file=sys.stderr, flush=True)
+        return 1
+
+    def _finish(self, done: bool) -> int:
+        if not done:
+            print("launch: error: the server exited before finishing", file=sys.stderr, flush=True)
+            return 1
+        deadline = time.monotonic() + FINISH_GRACE_S
+        for child in self.children:
+            try:
+                child.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print(f"launch: error: {child.name} did not exit after the job finished", file=sys.stderr)
+                return 1
+            if child.process.returncode != 0:
+                return self._fail(child)
+        for child in self.children:
+            child.reader.join(timeout=2.0)
+        return 0
+
+    def stop_all(self) -> None:
+        """SIGTERM every live child, SIGKILL what is left after a grace period, and reap them all."""
+        alive = [c for c in self.children if c.process.poll() is None]
+        for child in alive:
+            _signal_group(child, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for child in alive:
+            try:
+                child.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(child, signal.SIGKILL)
+                child.process.wait()
+        for child in self.children:
+            if child.process.stdin and not child.process.stdin.closed:
+                child.process.stdin.close()
+            child.reader.join(timeout=2.0)
+
+
+def _signal_group(child: Child, sig: int) -> None:
+    try:
+        os.killpg(child.pid, sig)  # the child leads its own session: this reaches anything it started
+    except ProcessLookupError:
+        pass
