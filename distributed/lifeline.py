@@ -21,7 +21,11 @@ def exit_when_stdin_closes(name: str) -> None:
                 pass
         except OSError:
             pass
-        print(f"{name}: the launcher is gone; exiting", file=sys.stderr, flush=True)
-        os._exit(1)
+        try:
+            print(f"{name}: the launcher is gone; exiting", file=sys.stderr, flush=True)
+        except OSError:
+            pass  # stderr was a pipe to the launcher, gone too
+        finally:
+            os._exit(1)
 
     threading.Thread(target=watch, name="lifeline", daemon=True).start()

@@ -1,8 +1,10 @@
-"""Shared test helpers: central-difference gradients and the real MNIST folder."""
+"""Shared test helpers: central-difference gradients, the real MNIST folder, worker processes."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -44,3 +46,32 @@ def mnist_dir() -> Path:
             return Path(path)
     load()  # fetches and verifies into the user cache, exactly as a user's first run does
     return cache_dir("mnist")
+
+
+@pytest.fixture
+def spawn_workers():
+    """start(endpoint, n) -> n real worker processes; all are killed and reaped after the test."""
+    started: list[subprocess.Popen] = []
+
+    def start(endpoint: str, n: int, timeout: float = 30.0) -> list[subprocess.Popen]:
+        for rank in range(n):
+            argv = ["-m", "distributed.worker", "--connect", endpoint, "--rank", str(rank), "--timeout"]
+            started.append(
+                subprocess.Popen(
+                    # --watch-stdin: if this test process dies, its workers exit too
+                    [sys.executable, *argv, str(timeout), "--watch-stdin"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
+                )
+            )
+        return started[-n:]
+
+    yield start
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.wait(timeout=10)
+        p.stdin.close()
+        p.stdout.close()

@@ -1,0 +1,101 @@
+"""Gradient equivalence: the server's combined gradient is serial numpy_cnn's full-batch gradient.
+
+The workers are real processes talking to a real ROUTER socket on 127.0.0.1; the server runs in
+the test process so its gradient can be compared directly with the serial one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_close
+
+from distributed.config import JobConfig
+from distributed.server import EpochStats, ParameterServer
+from distributed.transport import LocalTransport, ZmqServerTransport
+from distributed.worker import Worker
+from numpy_cnn.data import batch_indices, epoch_order, load, steps_per_epoch, to_float
+from numpy_cnn.loss import CrossEntropyLoss
+from numpy_cnn.models import build, input_shape
+
+RTOL = {"float64": 1e-10, "float32": 1e-5}
+
+
+@pytest.fixture(scope="module")
+def mnist(mnist_dir):
+    return load("mnist", str(mnist_dir))
+
+
+def serial_gradient(config: JobConfig, data, epoch: int, index: int) -> list[np.ndarray]:
+    """numpy_cnn's gradient of the mean loss over the whole global batch, in one forward/backward."""
+    net = build(config.model, seed=config.seed, dtype=config.dtype)
+    idx = batch_indices(epoch_order(len(data.train), config.seed, epoch), config.batch_size, index)
+    x = to_float(data.train.images[idx], input_shape(config.model))
+    y = data.train.labels[idx]
+    loss = CrossEntropyLoss()
+    preds = net.forward(x)
+    net.backward(loss.grad(preds, y))
+    return [p.grad.copy() for p in net.parameters]
+
+
+def combined_gradient(server: ParameterServer, epoch: int, index: int) -> list[np.ndarray]:
+    server.register()
+    server.train_step(epoch, index, EpochStats())
+    gradient = [p.grad.copy() for p in server.params]
+    server.stop_workers("test over")
+    return gradient
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("model", ["fc-net", "conv-net"])
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_workers_over_zeromq_give_the_full_batch_gradient(
+    mnist, mnist_dir, spawn_workers, model, workers, dtype
+):
+    config = JobConfig(model, workers=workers, shards=4, dtype=dtype, seed=1, data_dir=str(mnist_dir))
+    transport = ZmqServerTransport()
+    try:
+        server = ParameterServer(config, transport, mnist)
+        processes = spawn_workers(transport.endpoint, workers)
+        gradient = combined_gradient(server, epoch=0, index=5)
+    finally:
+        transport.close(linger=5.0)
+    for p in processes:
+        assert p.wait(timeout=30) == 0, p.stdout.read().decode()
+    expected = serial_gradient(config, mnist, epoch=0, index=5)
+    for got, want in zip(gradient, expected):
+        assert got.dtype == want.dtype == np.dtype(dtype)
+        assert_close(got, want, rtol=RTOL[dtype])
+
+
+@pytest.mark.parametrize(
+    "batch_size,last",
+    [
+        (64, True),  # 60000 = 937 * 64 + 32: a short last batch
+        (50, False),  # 50 samples over 4 shards: 13, 13, 12, 12
+        (7, True),  # 60000 = 8571 * 7 + 3: the last batch leaves one shard empty
+    ],
+)
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_uneven_and_short_batches_are_exact_too(mnist, workers, batch_size, last):
+    config = JobConfig("conv-net", workers=workers, batch_size=batch_size, dtype="float64")
+    index = steps_per_epoch(len(mnist.train), batch_size) - 1 if last else 3
+    transport = LocalTransport([Worker(r, mnist) for r in range(workers)])
+    gradient = combined_gradient(ParameterServer(config, transport, mnist), epoch=2, index=index)
+    for got, want in zip(gradient, serial_gradient(config, mnist, epoch=2, index=index)):
+        assert_close(got, want, rtol=RTOL["float64"])
+
+
+def test_in_process_and_zeromq_workers_give_the_same_bits(mnist, mnist_dir, spawn_workers):
+    config = JobConfig("conv-net", workers=2, data_dir=str(mnist_dir))
+    local = combined_gradient(
+        ParameterServer(config, LocalTransport([Worker(r, mnist) for r in range(2)]), mnist), 1, 7
+    )
+    transport = ZmqServerTransport()
+    try:
+        server = ParameterServer(config, transport, mnist)
+        spawn_workers(transport.endpoint, 2)
+        remote = combined_gradient(server, 1, 7)
+    finally:
+        transport.close(linger=5.0)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(local, remote))

@@ -1,0 +1,248 @@
+"""The `launch` command end to end: real processes, real sockets, bounded waits, no leftovers."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+LAUNCH = [sys.executable, "-m", "launch"]
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def same_bits(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[k].tobytes() == b[k].tobytes() for k in a)
+
+
+def run(args: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def alive(pid: int) -> bool:
+    """Is `pid` a running process (not gone, not a zombie waiting to be reaped)?"""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_gone(pids: list[int], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.05)
+    return [p for p in pids if alive(p)]
+
+
+class Running:
+    """A launch process whose merged output is read line by line in the background."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.process = subprocess.Popen(
+            [*LAUNCH, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def wait_for(self, pattern: str, timeout: float = 60) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            self.seen.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+        raise AssertionError(f"no line matching {pattern!r} within {timeout} s:\n" + "\n".join(self.seen))
+
+    def pids(self) -> dict[str, int]:
+        found = (re.search(r"launch: started (.+) \(pid (\d+)\)", line) for line in self.seen)
+        return {m[1]: int(m[2]) for m in found if m}
+
+    def finish(self, timeout: float) -> int:
+        rc = self.process.wait(timeout=timeout)
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return rc
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def running():
+    """start(args) -> a Running launch; it and everything it started are gone after the test."""
+    jobs: list[Running] = []
+
+    def start(args: list[str]) -> Running:
+        jobs.append(Running(args))
+        return jobs[-1]
+
+    yield start
+    for job in jobs:
+        job.kill()
+        for pid in wait_gone(list(job.pids().values()), timeout=10):
+            os.kill(pid, signal.SIGKILL)
+
+
+def long_job(mnist_dir) -> list[str]:
+    return ["conv-net", "--workers", "2", "--data-dir", str(mnist_dir)]
+
+
+@pytest.mark.parametrize("model,steps", [("conv-net", 12), ("fc-net", 30)])
+def test_any_worker_count_and_single_process_give_the_same_bits(mnist_dir, tmp_path, model, steps):
+    common = [model, "--max-steps", str(steps), "--seed", "3", "--data-dir", str(mnist_dir)]
+    weights = {}
+    for name, extra in [
+        ("workers-1", ["--workers", "1"]),
+        ("workers-2", ["--workers", "2", "--metrics", str(tmp_path / "m.jsonl")]),
+        ("workers-2-again", ["--workers", "2"]),
+        ("workers-4", ["--workers", "4"]),
+        ("single-process", ["--workers", "4", "--single-process"]),
+    ]:
+        path = tmp_path / f"{name}.npz"
+        result = run([*LAUNCH, *common, *extra, "--save", str(path)])
+        assert result.returncode == 0, result.stdout + result.stderr
+        weights[name] = load_npz(path)
+    for name, w in weights.items():
+        assert same_bits(w, weights["workers-1"]), name
+
+    serial_path = tmp_path / "serial.npz"
+    serial = run([sys.executable, "-m", "numpy_cnn.train", *common, "--save", str(serial_path)])
+    assert serial.returncode == 0, serial.stderr
+    serial_weights = load_npz(serial_path)
+    for k, w in weights["workers-1"].items():
+        # Same start and batches; only the order of the float32 sums differs. Nearly every weight
+        # agrees to float32 rounding; where a gradient is itself at rounding level (e.g. border
+        # pixels), Adam's g / sqrt(v) magnifies that noise, so a few may differ by more.
+        diff = np.abs(w - serial_weights[k]) / np.abs(serial_weights[k]).max()
+        assert np.mean(diff > 1e-5) <= 1e-4, k
+        assert diff.max() <= 1e-4, k
+
+    (record,) = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert record["step"] == steps and 0 < record["test_acc"] <= 1
+    for key in ("loss", "train_acc", "seconds", "samples_per_s", "compute_ms", "comm_ms", "update_ms"):
+        assert record[key] > 0, key
+    # each of 2 workers gets the weights and sends one gradient: 4 copies, plus small headers
+    arrays = sum(a.nbytes for a in weights["workers-1"].values())
+    assert 4 * arrays < record["bytes_per_step"] < 4 * arrays + 2000
+
+
+def test_a_different_seed_gives_different_weights(mnist_dir, tmp_path):
+    paths = [tmp_path / "a.npz", tmp_path / "b.npz"]
+    for seed, path in zip(["1", "2"], paths):
+        args = ["fc-net", "--max-steps", "3", "--seed", seed, "--workers", "1", "--save", str(path)]
+        assert run([*LAUNCH, *args, "--single-process", "--data-dir", str(mnist_dir)]).returncode == 0
+    assert not same_bits(load_npz(paths[0]), load_npz(paths[1]))
+
+
+def test_a_killed_worker_stops_the_job_with_its_name(mnist_dir, running):
+    job = running(long_job(mnist_dir))
+    job.wait_for(r"\[worker 1\] worker 1: conv-net")
+    time.sleep(1.0)  # mid-step, most likely
+    pids = job.pids()
+    os.kill(pids["worker 1"], signal.SIGKILL)
+    assert job.finish(timeout=15) == 1
+    assert any("worker 1 was killed by SIGKILL" in line for line in job.seen), job.seen
+    assert wait_gone(list(pids.values()), timeout=5) == []
+
+
+def test_a_dead_server_stops_the_workers(mnist_dir, running):
+    job = running(long_job(mnist_dir))
+    job.wait_for(r"\[worker 1\] worker 1: conv-net")
+    pids = job.pids()
+    os.kill(pids["server"], signal.SIGKILL)
+    assert job.finish(timeout=15) == 1
+    assert any("error: server was killed by SIGKILL" in line for line in job.seen), job.seen
+    assert wait_gone(list(pids.values()), timeout=5) == []
+
+
+def test_ctrl_c_stops_every_process(mnist_dir, running):
+    job = running(long_job(mnist_dir))
+    job.wait_for(r"\[worker 1\] worker 1: conv-net")
+    pids = job.pids()
+    job.process.send_signal(signal.SIGINT)
+    assert job.finish(timeout=15) == 130
+    assert wait_gone(list(pids.values()), timeout=5) == []
+
+
+def test_children_do_not_outlive_a_killed_launcher(mnist_dir, running):
+    job = running(long_job(mnist_dir))
+    job.wait_for(r"\[worker 1\] worker 1: conv-net")
+    pids = job.pids()
+    job.process.kill()  # SIGKILL: the launcher cannot clean up; the lifelines must
+    assert wait_gone(list(pids.values()), timeout=10) == []
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["conv-net", "--workers", "3"], "--shards 4 is not divisible by --workers 3"),
+        (["conv-net", "--workers", "0"], "--workers: must be a positive integer"),
+        (["conv-net", "--batch-size", "2"], "--batch-size 2 is smaller than --shards 4"),
+        (["resnet"], "invalid choice: 'resnet'"),
+        (["conv-net", "--lr", "-1"], "--lr: must be a positive number"),
+        (["conv-net", "--save", "/nonexistent/dir/x.npz"], "does not exist or is not writable"),
+        (["conv-net", "--frobnicate"], "unrecognized arguments"),
+    ],
+)
+def test_bad_flags_exit_2_before_starting_anything(args, message):
+    result = run([*LAUNCH, *args], timeout=60)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "started" not in result.stdout + result.stderr
+
+
+def test_help_explains_every_flag():
+    result = run([*LAUNCH, "--help"], timeout=60)
+    assert result.returncode == 0
+    for flag in (
+        "--workers",
+        "--single-process",
+        "--shards",
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--seed",
+        "--max-steps",
+        "--dataset",
+        "--data-dir",
+        "--save",
+        "--metrics",
+    ):
+        assert flag in result.stdout, flag
+
+
+def test_the_launch_script_is_installed():
+    script = shutil.which("launch", path=os.path.dirname(sys.executable))
+    assert script is not None
+    result = run([script, "--help"], timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("usage: launch")
