@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
         "same weights, bit for bit.",
         epilog="example: launch --workers 4 conv-net",
     )
-    add_arguments(parser)
+    add_arguments(
+        parser, metrics_keys=", and per step: step_ms, compute_ms, comm_ms, update_ms, bytes_per_step"
+    )
     group = parser.add_argument_group("data parallelism")
     group.add_argument(
         "--workers",

@@ -172,8 +172,8 @@ def positive_float(text: str) -> float:
     return value
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The training flags; distributed training takes the same ones."""
+def add_arguments(parser: argparse.ArgumentParser, metrics_keys: str = "") -> None:
+    """The training flags; distributed training takes the same ones (and adds `metrics_keys`)."""
     parser.add_argument("model", choices=sorted(MODELS), help="which of the seed's models to train")
     parser.add_argument(
         "--epochs",
@@ -235,7 +235,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--metrics",
         metavar="PATH.jsonl",
         default=None,
-        help="write one JSON line per epoch: epoch, step, loss, train_acc, test_acc, seconds, samples_per_s",
+        help="write one JSON line per epoch: epoch, step, loss, train_acc, test_acc, seconds, samples_per_s"
+        + metrics_keys,
     )
     parser.add_argument(
         "--dtype",
