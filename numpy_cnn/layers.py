@@ -173,35 +173,47 @@ class MaxPool2d(Layer):
             raise ValueError(f"{self!r} expects input (N, C, H, W), got {x.shape}")
         if x.shape[2] < self.k_size[0] or x.shape[3] < self.k_size[1]:
             raise ValueError(f"{self!r}: input {x.shape[2:]} is smaller than the window")
+        # work with N and C in memory order (a conv's output is channel-major): numpy's loops then
+        # see nearly contiguous arrays, which is several times faster than iterating a transpose
+        self._swap = x.strides[1] > x.strides[0]
+        x = _swap_nc(x, self._swap)
         # loop over the KH*KW window offsets, never over pixels; strict > keeps the first maximum
         offsets = self._offsets(x)
-        _, out = next(offsets)
-        out = out.copy()
+        _, first = next(offsets)
+        out = first.copy()
         index_type = np.min_scalar_type(self.k_size[0] * self.k_size[1] - 1)
         arg = np.zeros(out.shape, dtype=index_type)
         for k, view in offsets:
-            better = view > out
+            better = np.greater(view, out)
             np.maximum(out, view, out=out)
-            arg = np.where(better, index_type.type(k), arg)
-        self._x, self._arg = x, arg
-        return out
+            # k grows, so max(arg, k * better) sets k exactly where better; arithmetic beats a
+            # masked write, which stalls on the unpredictable mask
+            np.maximum(arg, better.view(np.uint8) * index_type.type(k), out=arg, casting="unsafe")
+        self._x_shape, self._x_dtype, self._arg = x.shape, x.dtype, arg
+        return _swap_nc(out, self._swap)
 
     def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         if not input_grad:
             return None
-        dx = np.zeros_like(self._x, dtype=grad.dtype)  # in x's memory layout, whatever it is
+        grad = _swap_nc(grad, self._swap)
+        dx = np.zeros(self._x_shape, dtype=np.result_type(grad.dtype, self._x_dtype))
         # windows that do not overlap write disjoint pixels, so plain assignment is enough
         overlap = any(k > s for k, s in zip(self.k_size, self.stride))
         for k, view in self._offsets(dx):
-            hit = np.where(self._arg == k, grad, 0)
+            hit = self._arg == k
             if overlap:
-                view += hit
+                view += np.where(hit, grad, 0)
             else:
-                view[...] = hit
-        return dx
+                np.multiply(grad, hit, out=view)
+        return _swap_nc(dx, self._swap)
 
     def __repr__(self) -> str:
         return f"MaxPool2d(k_size={self.k_size}, stride={self.stride})"
+
+
+def _swap_nc(x: np.ndarray, swap: bool) -> np.ndarray:
+    """(N, C, H, W) <-> (C, N, H, W) as a view when `swap`, else x itself."""
+    return x.transpose(1, 0, 2, 3) if swap else x
 
 
 class ReLU(Layer):
