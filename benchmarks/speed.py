@@ -1,4 +1,4 @@
-"""Training throughput: serial numpy_cnn against `launch --workers N`, measured in one run.
+"""Training throughput: serial numpy_cnn, `launch --workers N`, and PyTorch, measured in one run.
 
     python benchmarks/speed.py --model conv-net --steps 300 --repeats 3
 
@@ -7,21 +7,29 @@ Each mode runs as its own process, exactly as a user runs it (`python -m numpy_c
 neighbour slows all of them alike. The table gives medians over the repeats and ratios against the
 serial run of this same invocation. Throughput counts training steps only (no start-up, no
 evaluation); the distributed rows also split a step into compute, communication and server update.
+
+Where PyTorch is importable (a separate venv: `pip install torch==2.13.0`; it is never a
+dependency), the same invocation also runs benchmarks/torch_reference.py with 2 threads, 1 thread,
+and DDP over gloo with 2 processes x 1 thread, and prints the speed issue's ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-MODES = ["serial", "workers-1", "workers-2", "workers-4"]
+NUMPY_MODES = ["serial", "workers-1", "workers-2", "workers-4"]
+TORCH_MODES = ["torch-2", "torch-1", "ddp-2"]
 TRAIN_SAMPLES = 60000
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def command(mode: str, model: str, steps: int, metrics: str, extra: list[str]) -> list[str]:
@@ -30,6 +38,20 @@ def command(mode: str, model: str, steps: int, metrics: str, extra: list[str]) -
         return [sys.executable, "-m", "numpy_cnn.train", *common]
     if mode.startswith("workers-"):
         return [sys.executable, "-m", "launch", "--workers", mode.split("-")[1], *common]
+    if mode.startswith(("torch-", "ddp-")):
+        flag = "--threads" if mode.startswith("torch-") else "--ddp"
+        script = os.path.join(HERE, "torch_reference.py")
+        return [
+            sys.executable,
+            script,
+            "--model",
+            model,
+            "--steps",
+            str(steps),
+            flag,
+            mode.split("-")[1],
+            *extra,
+        ]
     if mode.startswith("single-"):
         return [sys.executable, "-m", "launch", "--single-process", "--workers", mode.split("-")[1], *common]
     raise ValueError(f"unknown mode {mode!r}")
@@ -49,9 +71,15 @@ def run_once(mode: str, model: str, steps: int, extra: list[str]) -> dict:
         wall = time.perf_counter() - start
         if result.returncode != 0:
             raise RuntimeError(f"{mode} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-        with open(metrics, encoding="utf-8") as f:
-            (record,) = [json.loads(line) for line in f]
+        if mode.startswith(("torch-", "ddp-")):
+            record = json.loads(result.stdout.strip().splitlines()[-1])
+        else:
+            with open(metrics, encoding="utf-8") as f:
+                (record,) = [json.loads(line) for line in f]
     record["wall_s"] = wall
+    rss = [int(m) for m in re.findall(r"peak resident memory (\d+) MB", result.stdout)]
+    if rss:
+        record["worker_rss_mb"] = max(rss)
     return record
 
 
@@ -72,10 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         "--steps", type=int, default=300, help="optimizer steps per run (default: %(default)s)"
     )
     parser.add_argument("--repeats", type=int, default=3, help="runs per mode; medians are reported")
+    have_torch = importlib.util.find_spec("torch") is not None
     parser.add_argument(
         "--modes",
-        default=",".join(MODES),
-        help="comma-separated: serial, workers-N, single-N (default: %(default)s)",
+        default=",".join(NUMPY_MODES + (TORCH_MODES if have_torch else [])),
+        help="comma-separated: serial, workers-N, single-N, torch-THREADS, ddp-N (default: %(default)s)",
     )
     parser.add_argument("--data-dir", default=None, help="passed on to every run")
     parser.add_argument("--json", metavar="PATH", default=None, help="also write every record here")
@@ -106,12 +135,57 @@ def main(argv: list[str] | None = None) -> int:
             row += [f"{median(mode, k):.2f}" for k in ("step_ms", "compute_ms", "comm_ms", "update_ms")]
             row.append(f"{median(mode, 'bytes_per_step') / 1e6:.2f}")
         else:
-            row += [f"{64000 / sps:.2f}", "", "", "", "0"]
+            row += [f"{64000 / sps:.2f}", "", "", ""]
+            row.append("0" if not mode.startswith(("torch", "ddp")) else "")
         print("| " + " | ".join(row) + " |")
+    print()
+    report_targets(modes, median, args.model)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"model": args.model, "steps": args.steps, "records": records}, f, indent=1)
     return 0
+
+
+def report_targets(modes: list[str], median, model: str) -> None:
+    """The speed issue's targets, as ratios of medians from this one run."""
+
+    def sps(mode: str) -> float | None:
+        return median(mode, "samples_per_s") if mode in modes else None
+
+    def line(name: str, value: float | None, target: str, ok) -> None:
+        if value is None:
+            print(f"- {name}: not measured (mode missing)")
+        else:
+            print(f"- {name}: {value:.2f} (target {target}) {'met' if ok(value) else 'MISSED'}")
+
+    serial, torch2, ddp = sps("serial"), sps("torch-2"), sps("ddp-2")
+    w1, w2 = sps("workers-1"), sps("workers-2")
+    limit = 1.5 if model == "conv-net" else 0.8
+    line(
+        f"serial {model} epoch time / PyTorch 2 threads",
+        torch2 / serial if serial and torch2 else None,
+        f"<= {limit}",
+        lambda v: v <= limit,
+    )
+    line(
+        "--workers 2 epoch time / PyTorch DDP 2x1",
+        ddp / w2 if w2 and ddp else None,
+        "<= 1.0",
+        lambda v: v <= 1.0,
+    )
+    line("--workers 2 / --workers 1 samples/s", w2 / w1 if w1 and w2 else None, ">= 1.7", lambda v: v >= 1.7)
+    if "workers-4" in modes:
+        share = (median("workers-4", "comm_ms") + median("workers-4", "update_ms")) / median(
+            "workers-4", "step_ms"
+        )
+        line(
+            "server update + communication share of a step at 4 workers",
+            share,
+            "<= 0.10",
+            lambda v: v <= 0.10,
+        )
+    rss = [median(m, "worker_rss_mb") for m in modes if m.startswith("workers-")]
+    line("peak resident memory of one worker, MB", max(rss) if rss else None, "<= 150", lambda v: v <= 150)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,12 @@ class Worker:
         if msg.type == protocol.PARAMS:
             return self._step(msg)
         if msg.type == protocol.STOP:
-            log.info("worker %d: stopping (%s)", self.rank, msg["reason"])
+            log.info(
+                "worker %d: stopping (%s), peak resident memory %d MB",
+                self.rank,
+                msg["reason"],
+                peak_rss_mb(),
+            )
             self.stopped = True
             return None
         raise ProtocolError(f"worker {self.rank} does not expect a {msg.type} message")
@@ -136,6 +141,13 @@ class Worker:
         if len(idx) == 0:
             raise ProtocolError(f"epoch {epoch} has no batch {index}")
         return idx
+
+
+def peak_rss_mb() -> int:
+    """This process's peak resident set size, in MB (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,3 +44,37 @@ def col2im(dcol: np.ndarray, xp_shape: tuple[int, ...], kh: int, kw: int, sh: in
         for j in range(kw):
             dxp[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw] += cols[:, i, j]
     return dxp.transpose(1, 0, 2, 3)
+
+
+# Stride 1, the common case, has a faster form. Lay each padded image out flat, with kw-1 spare
+# zeros at its end: the pixels a kernel offset (i, j) touches, over all output rows, are then ONE
+# contiguous run of OH*Wp values starting at i*Wp + j. Copying runs that long is several times
+# faster than copying OW-wide rows. The price is Wp-OW extra "wrapped" columns per output row,
+# which the forward pass drops and the backward pass gives a zero gradient, so no value changes.
+
+
+def im2col_rows(x: np.ndarray, kh: int, kw: int, ph: int, pw: int) -> tuple[np.ndarray, tuple[int, ...]]:
+    # (N, C, H, W) -> (C*KH*KW, N*OH*Wp) for stride 1; also returns the padded shape (N, C, Hp, Wp)
+    n, c, h, w = x.shape
+    hp, wp = h + 2 * ph, w + 2 * pw
+    oh = hp - kh + 1
+    flat = np.zeros((c, n, hp * wp + kw - 1), dtype=x.dtype)
+    flat[:, :, : hp * wp].reshape(c, n, hp, wp)[:, :, ph : ph + h, pw : pw + w] = x.transpose(1, 0, 2, 3)
+    col = np.empty((c, kh, kw, n, oh * wp), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            col[:, i, j] = flat[:, :, i * wp + j : i * wp + j + oh * wp]
+    return col.reshape(c * kh * kw, n * oh * wp), (n, c, hp, wp)
+
+
+def col2im_rows(dcol: np.ndarray, xp_shape: tuple[int, ...], kh: int, kw: int) -> np.ndarray:
+    # (C*KH*KW, N*OH*Wp) -> (N, C, Hp, Wp), the inverse layout of im2col_rows; the wrapped
+    # columns of dcol must be zero (they are when the output gradient is zero there)
+    n, c, hp, wp = xp_shape
+    oh = hp - kh + 1
+    cols = dcol.reshape(c, kh, kw, n, oh * wp)
+    flat = np.zeros((c, n, hp * wp + kw - 1), dtype=dcol.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            flat[:, :, i * wp + j : i * wp + j + oh * wp] += cols[:, i, j]
+    return flat[:, :, : hp * wp].reshape(c, n, hp, wp).transpose(1, 0, 2, 3)

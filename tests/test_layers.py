@@ -71,6 +71,8 @@ CONV_CASES = [
     (2, 3, (3, 2), (2, 1), (1, 2), 7, 6, 2),  # non-square kernel, stride 2, asymmetric pad
     (3, 2, (5, 5), (1, 1), (2, 2), 6, 8, 1),  # seed-like padding, non-square input, batch 1
     (2, 2, (2, 3), (3, 2), (0, 1), 8, 9, 2),  # stride > kernel: ragged coverage
+    (2, 2, (3, 2), (1, 1), (0, 1), 6, 7, 2),  # stride 1, non-square kernel: the im2col_rows path
+    (1, 2, (3, 3), (1, 1), (1, 0), 4, 18, 2),  # stride 1 with output rows of 16+: plain im2col
 ]
 
 
