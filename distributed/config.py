@@ -14,7 +14,7 @@ class JobConfig(Config):
     """A data-parallel run: the same seed and flags give the same weights whatever `workers` is."""
 
     workers: int = 2
-    shards: int = 4  # micro-shards per global batch; fixes the reduction tree
+    shards: int = 4  # micro-shards per global batch; fixes the reduction tree (serial's default is 2)
     timeout: float = 60.0  # seconds the server waits for a step's gradients, a worker for the server
 
     def check(self) -> JobConfig:

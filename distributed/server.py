@@ -22,12 +22,12 @@ from numpy_cnn.data import MNIST, load, steps_per_epoch
 from numpy_cnn.metrics import evaluate
 from numpy_cnn.models import build, input_shape
 from numpy_cnn.optim import Adam
+from numpy_cnn.shards import Node, cover, shard_bounds, tree_sum, worker_shards
 from numpy_cnn.train import epoch_record, format_record
 
 from . import protocol
 from .config import JobConfig
 from .protocol import Message, ProtocolError
-from .shards import Node, cover, shard_bounds, tree_sum, worker_shards
 
 log = logging.getLogger("distributed.server")
 

@@ -16,11 +16,11 @@ import numpy as np
 from numpy_cnn.data import MNIST, batch_indices, epoch_order, load, to_float
 from numpy_cnn.loss import CrossEntropyLoss
 from numpy_cnn.models import build, input_shape
+from numpy_cnn.shards import cover, shard_bounds, tree_sum, worker_shards
 
 from . import protocol
 from .config import JobConfig
 from .protocol import Message, ProtocolError
-from .shards import cover, shard_bounds, tree_sum, worker_shards
 
 log = logging.getLogger("distributed.worker")
 

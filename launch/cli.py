@@ -25,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: launch --workers 4 conv-net",
     )
     add_arguments(
-        parser, metrics_keys=", and per step: step_ms, compute_ms, comm_ms, update_ms, bytes_per_step"
+        parser,
+        metrics_keys=", and per step: step_ms, compute_ms, comm_ms, update_ms, bytes_per_step",
+        shards=4,
     )
     group = parser.add_argument_group("data parallelism")
     group.add_argument(
@@ -33,13 +35,6 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=2,
         help="worker processes; must divide --shards (default: %(default)s)",
-    )
-    group.add_argument(
-        "--shards",
-        type=positive_int,
-        default=4,
-        help="micro-shards each global batch is cut into; fixes the order of the gradient sum, so "
-        "runs with the same --shards agree bit for bit (default: %(default)s)",
     )
     group.add_argument(
         "--single-process",

@@ -9,9 +9,11 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from .data import batches, load, steps_per_epoch
@@ -22,6 +24,12 @@ from .models import DEFAULT_EPOCHS, MODELS, build, input_shape
 from .net import Net
 from .optim import Adam
 from .schedules import SCHEDULES
+from .shards import Node, shard_bounds, tree_sum
+
+# Measured on 2 cores (benchmarks/speed.py): the conv-net's elementwise layers are single-threaded in
+# NumPy, so two shards on two threads beat one batch on two BLAS threads by about 1.3x; the fc-net
+# is a few small GEMMs, which one batch on two BLAS threads does 1.5x faster than shards.
+DEFAULT_SHARDS = {"fc-net": 1, "conv-net": 2}
 
 
 @dataclass
@@ -40,6 +48,12 @@ class Config:
     save: str | None = None
     metrics: str | None = None
     dtype: str = "float32"
+    shards: int | None = None  # micro-shards per batch (None: DEFAULT_SHARDS); fixes the sum's order
+    threads: int | None = None  # threads computing them (default: min(cores, shards)); bits unchanged
+
+    @property
+    def n_shards(self) -> int:
+        return self.shards if self.shards is not None else DEFAULT_SHARDS[self.model]
 
     @property
     def n_epochs(self) -> int:
@@ -79,6 +93,60 @@ def format_record(r: dict, epochs: int) -> str:
     )
 
 
+class ShardedStep:
+    """Forward and backward of one batch as `shards` micro-shards on a thread pool.
+
+    Each micro-shard has its own replica of the net (sharing the weight arrays, owning its
+    gradients and caches) and one BLAS thread, so its gradient has the same bits whichever thread
+    computes it; the shards' gradients are added in numpy_cnn.shards' fixed tree. With the same
+    --shards, serial training and `launch` therefore produce the same weights bit for bit.
+    """
+
+    def __init__(self, config: Config, net: Net) -> None:
+        self.net, self.shards = net, config.n_shards
+        self.loss = CrossEntropyLoss()
+        self.replicas = [net]
+        if self.shards > 1:
+            self.replicas = [
+                build(config.model, seed=config.seed, dtype=config.dtype) for _ in range(self.shards)
+            ]
+            for replica in self.replicas:
+                for rp, p in zip(replica.parameters, net.parameters):
+                    rp.data = p.data  # the optimizer updates these arrays in place: replicas follow
+        threads = config.threads or min(os.cpu_count() or 1, self.shards)
+        self.pool = ThreadPoolExecutor(threads) if threads > 1 and self.shards > 1 else None
+        self.scratch: dict[Node, list[np.ndarray]] = {}
+
+    def _leaf(self, k: int, x: np.ndarray, y: np.ndarray, bounds: list, total: int) -> tuple[float, int]:
+        lo, hi = bounds[k]
+        replica = self.replicas[k]
+        if hi == lo:  # a short last batch can leave a micro-shard empty
+            for p in replica.parameters:
+                p.grad.fill(0)
+            return 0.0, 0
+        preds = replica.forward(x[lo:hi])
+        loss = self.loss.loss(preds, y[lo:hi]) * (hi - lo)
+        # divided by the whole batch: the shards' gradients add up to its mean gradient
+        replica.backward(self.loss.grad(preds, y[lo:hi], total=total))
+        return loss, int(np.sum(preds.argmax(axis=1) == y[lo:hi]))
+
+    def __call__(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        """Fill the net's gradients for batch (x, y); returns (sum of losses, correct count)."""
+        bounds = shard_bounds(len(y), self.shards)
+        leaves = range(self.shards)
+        run = self.pool.map if self.pool is not None else map
+        results = list(run(lambda k: self._leaf(k, x, y, bounds, len(y)), leaves))
+        if self.shards > 1:
+            parts = {(k, k + 1): [p.grad for p in self.replicas[k].parameters] for k in leaves}
+            for p, g in zip(self.net.parameters, tree_sum((0, self.shards), parts, self.scratch)):
+                p.grad = g
+        return sum(r[0] for r in results), sum(r[1] for r in results)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
 def train(
     config: Config, progress: bool | None = None, log: Callable[[str], None] = print
 ) -> tuple[Net, list[dict]]:
@@ -86,7 +154,10 @@ def train(
     data = load(config.dataset, config.data_dir)
     shape = input_shape(config.model)
     net = build(config.model, seed=config.seed, dtype=config.dtype)
-    loss_f, optimizer = CrossEntropyLoss(), Adam(net.parameters, lr=config.lr)
+    optimizer = Adam(net.parameters, lr=config.lr)
+    step_fn = ShardedStep(config, net)
+    # one BLAS thread per micro-shard while training: deterministic, and the shards use the cores
+    blas_threads = 1 if config.n_shards > 1 else None
     progress = sys.stderr.isatty() if progress is None else progress
     metrics = open(config.metrics, "w", encoding="utf-8") if config.metrics else None
     history: list[dict] = []
@@ -107,23 +178,22 @@ def train(
                 file=sys.stderr,
             )
             start = time.perf_counter()
-            for x, y in batches(
-                data.train.images, data.train.labels, config.batch_size, config.seed, epoch, shape
-            ):
-                if todo == 0:
-                    break
-                preds = net.forward(x)
-                loss = loss_f.loss(preds, y)
-                net.backward(loss_f.grad(preds, y))
-                optimizer.lr = config.lr_at(step, per_epoch)
-                optimizer.update()
-                total_loss += loss * len(y)
-                correct += int(np.sum(preds.argmax(axis=1) == y))
-                seen += len(y)
-                step += 1
-                todo -= 1
-                bar.update()
-                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            with threadpool_limits(blas_threads):
+                for x, y in batches(
+                    data.train.images, data.train.labels, config.batch_size, config.seed, epoch, shape
+                ):
+                    if todo == 0:
+                        break
+                    loss_sum, right = step_fn(x, y)
+                    optimizer.lr = config.lr_at(step, per_epoch)
+                    optimizer.update()
+                    total_loss += loss_sum
+                    correct += right
+                    seen += len(y)
+                    step += 1
+                    todo -= 1
+                    bar.update()
+                    bar.set_postfix(loss=f"{loss_sum / len(y):.4f}", refresh=False)
             seconds = time.perf_counter() - start
             bar.close()
             record = epoch_record(
@@ -143,6 +213,7 @@ def train(
             if config.max_steps is not None and step >= config.max_steps:
                 break
     finally:
+        step_fn.close()
         if metrics:
             metrics.close()
     if config.save:
@@ -172,7 +243,7 @@ def positive_float(text: str) -> float:
     return value
 
 
-def add_arguments(parser: argparse.ArgumentParser, metrics_keys: str = "") -> None:
+def add_arguments(parser: argparse.ArgumentParser, metrics_keys: str = "", shards: int | None = None) -> None:
     """The training flags; distributed training takes the same ones (and adds `metrics_keys`)."""
     parser.add_argument("model", choices=sorted(MODELS), help="which of the seed's models to train")
     parser.add_argument(
@@ -239,6 +310,15 @@ def add_arguments(parser: argparse.ArgumentParser, metrics_keys: str = "") -> No
         + metrics_keys,
     )
     parser.add_argument(
+        "--shards",
+        type=positive_int,
+        default=shards,
+        help="micro-shards each batch is cut into; fixes the order of the gradient sum, so runs "
+        "with the same --shards agree bit for bit (default: "
+        + (str(shards) if shards else ", ".join(f"{k} {v}" for k, v in DEFAULT_SHARDS.items()))
+        + ")",
+    )
+    parser.add_argument(
         "--dtype",
         choices=["float32", "float64"],
         default="float32",
@@ -274,6 +354,13 @@ def main(argv: list[str] | None = None) -> int:
         description="Train one of the seed's models on MNIST in this process (serial training).",
     )
     add_arguments(parser)
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="threads computing the micro-shards; any count gives the same bits "
+        "(default: min(cores, --shards))",
+    )
     config, _ = parse_config(parser, argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # e.g. which mirror is fetched
     print("config " + json.dumps(asdict(config)), flush=True)

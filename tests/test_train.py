@@ -123,3 +123,42 @@ def test_help_explains_every_flag():
         "--metrics",
     ]:
         assert flag in r.stdout
+
+
+@pytest.mark.parametrize("model", ["fc-net", "conv-net"])
+@pytest.mark.parametrize("shards,n", [(1, 64), (2, 64), (4, 50), (4, 3)])
+def test_sharded_step_gives_the_full_batch_gradient(model, shards, n):
+    # float64: the micro-shards' tree sum is the whole batch's gradient up to rounding; n=3 leaves
+    # a shard empty
+    from numpy_cnn.loss import CrossEntropyLoss
+    from numpy_cnn.models import input_shape
+    from numpy_cnn.train import ShardedStep
+
+    config = Config(model, shards=shards, dtype="float64", threads=2)
+    rng = np.random.default_rng(0)
+    x = rng.random((n, *input_shape(model)))
+    y = rng.integers(0, 10, n)
+    net, reference = models.build(model, dtype=np.float64), models.build(model, dtype=np.float64)
+    step = ShardedStep(config, net)
+    loss_sum, _ = step(x, y)
+    step.close()
+    loss = CrossEntropyLoss()
+    preds = reference.forward(x)
+    reference.backward(loss.grad(preds, y))
+    assert loss_sum == pytest.approx(loss.loss(preds, y) * n, rel=1e-12)
+    for got, want in zip(net.parameters, reference.parameters):
+        scale = np.abs(want.grad).max()
+        np.testing.assert_allclose(got.grad, want.grad, rtol=0, atol=1e-10 * scale)
+
+
+def test_thread_count_does_not_change_the_bits(mnist_dir, tmp_path):
+    weights = []
+    for threads in (1, 2, 3):
+        path = tmp_path / f"t{threads}.npz"
+        config = Config(
+            "conv-net", max_steps=8, shards=4, threads=threads, data_dir=str(mnist_dir), save=str(path)
+        )
+        train(config, progress=False, log=lambda s: None)
+        with np.load(path) as f:
+            weights.append({k: f[k].tobytes() for k in f.files})
+    assert weights[0] == weights[1] == weights[2]

@@ -135,8 +135,18 @@ def test_any_worker_count_and_single_process_give_the_same_bits(mnist_dir, tmp_p
     for name, w in weights.items():
         assert same_bits(w, weights["workers-1"]), name
 
+    # serial training cut into the same 4 micro-shards adds the same numbers in the same tree
+    same_shards = tmp_path / "serial-4.npz"
+    serial = run(
+        [sys.executable, "-m", "numpy_cnn.train", *common, "--shards", "4", "--save", str(same_shards)]
+    )
+    assert serial.returncode == 0, serial.stderr
+    assert same_bits(load_npz(same_shards), weights["workers-1"])
+
     serial_path = tmp_path / "serial.npz"
-    serial = run([sys.executable, "-m", "numpy_cnn.train", *common, "--save", str(serial_path)])
+    serial = run(
+        [sys.executable, "-m", "numpy_cnn.train", *common, "--shards", "1", "--save", str(serial_path)]
+    )
     assert serial.returncode == 0, serial.stderr
     serial_weights = load_npz(serial_path)
     for k, w in weights["workers-1"].items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from distributed.shards import children, cover, shard_bounds, tree_sum, worker_shards
+from numpy_cnn.shards import children, cover, shard_bounds, tree_sum, worker_shards
 
 
 @pytest.mark.parametrize("n,shards", [(64, 4), (50, 4), (3, 4), (1, 1), (32, 8), (7, 3)])
