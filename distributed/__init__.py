@@ -5,11 +5,11 @@
                                           <---  GRADS: sums of its micro-shards' gradients
 
 Workers read their micro-shards of each global batch from their own copy of the data; only
-weights and gradients cross the wire. See shards.py for why the result has the same bits for
-any number of workers.
+weights and gradients cross the wire. See numpy_cnn/shards.py for why the result has the same
+bits for any number of workers.
 
-Modules: protocol.py (the wire format), shards.py (micro-shards and the reduction tree),
-config.py (JobConfig), server.py (ParameterServer), worker.py (Worker), transport.py (ZeroMQ or
-in-process), lifeline.py (children exit with their launcher). Nothing is imported here, so
-`python -m distributed.server` and `python -m distributed.worker` run their modules cleanly.
+Modules: protocol.py (the wire format), config.py (JobConfig), server.py (ParameterServer),
+worker.py (Worker), transport.py (ZeroMQ or in-process), lifeline.py (children exit with their
+launcher). Nothing is imported here, so `python -m distributed.server` and
+`python -m distributed.worker` run their modules cleanly.
 """

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from numpy_cnn.data import MNIST, batch_indices, epoch_order, load, to_float
+from numpy_cnn.data import MNIST, batch_indices, epoch_order, epoch_shifts, load, shift_images, to_float
 from numpy_cnn.loss import CrossEntropyLoss
 from numpy_cnn.models import build, input_shape
 from numpy_cnn.shards import cover, shard_bounds, tree_sum, worker_shards
@@ -33,7 +33,7 @@ class Worker:
         self.data = data
         self.config: JobConfig | None = None
         self.stopped = False
-        self._order: tuple[int, np.ndarray] | None = None  # (epoch, its permutation)
+        self._order: tuple[int, np.ndarray, np.ndarray] | None = None  # (epoch, permutation, shifts)
 
     def hello(self) -> list:
         return protocol.encode(protocol.HELLO, rank=self.rank, pid=os.getpid())
@@ -96,7 +96,7 @@ class Worker:
         start = time.perf_counter()
         for p, a in zip(self.params, msg.arrays):
             p.data = a  # read-only view of the received frame; forward only reads weights
-        idx = self._batch(msg["epoch"], msg["index"])
+        idx, shifts = self._batch(msg["epoch"], msg["index"])
         bounds = shard_bounds(len(idx), self.config.shards)
         loss_sum, correct, counts = 0.0, 0, {}
         for leaf in self.leaves:
@@ -107,7 +107,8 @@ class Worker:
                 for g in grads:
                     g.fill(0)
                 continue
-            x = to_float(self.data.train.images[idx[lo:hi]], self.shape)
+            images = shift_images(self.data.train.images[idx[lo:hi]], shifts[lo:hi], self.config.n_shift)
+            x = to_float(images, self.shape)
             y = self.data.train.labels[idx[lo:hi]]
             preds = self.net.forward(x)
             loss_sum += self.loss.loss(preds, y) * (hi - lo)
@@ -133,14 +134,19 @@ class Worker:
             compute_s=time.perf_counter() - start,
         )
 
-    def _batch(self, epoch: int, index: int) -> np.ndarray:
-        """Sample indices of the global batch `index` of `epoch`: the serial trainer's batch."""
+    def _batch(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample indices and shifts of global batch `index` of `epoch`: the serial trainer's batch."""
         if self._order is None or self._order[0] != epoch:
-            self._order = (epoch, epoch_order(len(self.data.train), self.config.seed, epoch))
+            n, seed = len(self.data.train), self.config.seed
+            self._order = (
+                epoch,
+                epoch_order(n, seed, epoch),
+                epoch_shifts(n, seed, epoch, self.config.n_shift),
+            )
         idx = batch_indices(self._order[1], self.config.batch_size, index)
         if len(idx) == 0:
             raise ProtocolError(f"epoch {epoch} has no batch {index}")
-        return idx
+        return idx, batch_indices(self._order[2], self.config.batch_size, index)
 
 
 def peak_rss_mb() -> int:

@@ -30,6 +30,9 @@ from .shards import Node, shard_bounds, tree_sum
 # NumPy, so two shards on two threads beat one batch on two BLAS threads by about 1.3x; the fc-net
 # is a few small GEMMs, which one batch on two BLAS threads does 1.5x faster than shards.
 DEFAULT_SHARDS = {"fc-net": 1, "conv-net": 2}
+# Random translations by up to 2 pixels lift the conv-net from 99.08-99.12% to 99.36-99.39% after 12
+# epochs (seeds 0 and 1); an MLP has no use for them.
+DEFAULT_SHIFT = {"fc-net": 0, "conv-net": 2}
 
 
 @dataclass
@@ -50,6 +53,11 @@ class Config:
     dtype: str = "float32"
     shards: int | None = None  # micro-shards per batch (None: DEFAULT_SHARDS); fixes the sum's order
     threads: int | None = None  # threads computing them (default: min(cores, shards)); bits unchanged
+    shift: int | None = None  # augmentation: translate images by up to this many pixels (None: default)
+
+    @property
+    def n_shift(self) -> int:
+        return self.shift if self.shift is not None else DEFAULT_SHIFT[self.model]
 
     @property
     def n_shards(self) -> int:
@@ -180,7 +188,13 @@ def train(
             start = time.perf_counter()
             with threadpool_limits(blas_threads):
                 for x, y in batches(
-                    data.train.images, data.train.labels, config.batch_size, config.seed, epoch, shape
+                    data.train.images,
+                    data.train.labels,
+                    config.batch_size,
+                    config.seed,
+                    epoch,
+                    shape,
+                    max_shift=config.n_shift,
                 ):
                     if todo == 0:
                         break
@@ -317,6 +331,14 @@ def add_arguments(parser: argparse.ArgumentParser, metrics_keys: str = "", shard
         "with the same --shards agree bit for bit (default: "
         + (str(shards) if shards else ", ".join(f"{k} {v}" for k, v in DEFAULT_SHARDS.items()))
         + ")",
+    )
+    parser.add_argument(
+        "--shift",
+        type=non_negative_int,
+        default=None,
+        metavar="PIXELS",
+        help="augmentation: translate each training image by up to this many pixels, drawn from "
+        "(seed, epoch) (default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_SHIFT.items()) + ")",
     )
     parser.add_argument(
         "--dtype",

@@ -1,6 +1,14 @@
 """Data: the IDX reader, MNIST sources, and seeded mini-batches."""
 
-from .batches import batch_indices, batches, epoch_order, steps_per_epoch, to_float
+from .batches import (
+    batch_indices,
+    batches,
+    epoch_order,
+    epoch_shifts,
+    shift_images,
+    steps_per_epoch,
+    to_float,
+)
 from .idx import IDXError, read_idx
 from .mnist import DATASETS, MNIST, DataNotFound, Split, load
 
@@ -13,8 +21,10 @@ __all__ = [
     "batch_indices",
     "batches",
     "epoch_order",
+    "epoch_shifts",
     "load",
     "read_idx",
+    "shift_images",
     "steps_per_epoch",
     "to_float",
 ]

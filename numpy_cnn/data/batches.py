@@ -6,6 +6,7 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 
 def to_float(images: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -19,6 +20,21 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     if seed < 0 or epoch < 0:
         raise ValueError(f"seed and epoch must be non-negative, got {seed}, {epoch}")
     return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def epoch_shifts(n: int, seed: int, epoch: int, max_shift: int) -> np.ndarray:
+    """(n, 2) offsets (dy, dx) in [-max_shift, max_shift], one per position of epoch `epoch`'s order."""
+    return np.random.default_rng([seed, epoch, 1]).integers(-max_shift, max_shift + 1, size=(n, 2))
+
+
+def shift_images(images: np.ndarray, shifts: np.ndarray, max_shift: int) -> np.ndarray:
+    """Translate each (H, W) image by its (dy, dx): out[y, x] = image[y + dy, x + dx], zero outside."""
+    if max_shift == 0:
+        return images
+    n, h, w = images.shape
+    padded = np.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift)))
+    windows = sliding_window_view(padded, (h, w), axis=(1, 2))  # (n, 2S+1, 2S+1, h, w), no copy
+    return windows[np.arange(n), shifts[:, 0] + max_shift, shifts[:, 1] + max_shift]
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -38,9 +54,13 @@ def batches(
     epoch: int,
     shape: tuple[int, ...],
     start: int = 0,
+    max_shift: int = 0,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(x float32 (B, *shape), y int64 (B,)) for each step of the epoch from `start` on."""
+    """(x float32 (B, *shape), y int64 (B,)) for each step of the epoch from `start` on; with
+    max_shift > 0 each image is randomly translated (augmentation), as drawn by epoch_shifts."""
     order = epoch_order(len(images), seed, epoch)
+    shifts = epoch_shifts(len(images), seed, epoch, max_shift)
     for step in range(start, steps_per_epoch(len(images), batch_size)):
         idx = batch_indices(order, batch_size, step)
-        yield to_float(images[idx], shape), labels[idx]
+        moved = shift_images(images[idx], batch_indices(shifts, batch_size, step), max_shift)
+        yield to_float(moved, shape), labels[idx]

@@ -14,7 +14,7 @@ from distributed.config import JobConfig
 from distributed.server import EpochStats, ParameterServer
 from distributed.transport import LocalTransport, ZmqServerTransport
 from distributed.worker import Worker
-from numpy_cnn.data import batch_indices, epoch_order, load, steps_per_epoch, to_float
+from numpy_cnn.data import batches, load, steps_per_epoch
 from numpy_cnn.loss import CrossEntropyLoss
 from numpy_cnn.models import build, input_shape
 
@@ -29,9 +29,19 @@ def mnist(mnist_dir):
 def serial_gradient(config: JobConfig, data, epoch: int, index: int) -> list[np.ndarray]:
     """numpy_cnn's gradient of the mean loss over the whole global batch, in one forward/backward."""
     net = build(config.model, seed=config.seed, dtype=config.dtype)
-    idx = batch_indices(epoch_order(len(data.train), config.seed, epoch), config.batch_size, index)
-    x = to_float(data.train.images[idx], input_shape(config.model))
-    y = data.train.labels[idx]
+    # the global batch as serial training's iterator makes it (shuffled, and shifted for the conv-net)
+    x, y = next(
+        batches(
+            data.train.images,
+            data.train.labels,
+            config.batch_size,
+            config.seed,
+            epoch,
+            input_shape(config.model),
+            start=index,
+            max_shift=config.n_shift,
+        )
+    )
     loss = CrossEntropyLoss()
     preds = net.forward(x)
     net.backward(loss.grad(preds, y))
