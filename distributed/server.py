@@ -206,6 +206,9 @@ class ParameterServer:
                 self._reject(peer, reason)
                 continue
             rank = self.ranks[peer]
+            if not all(np.isfinite(a).all() for a in msg.arrays):
+                # a real worker's gradient blew up: no update can be trusted, stop before Adam
+                raise FloatingPointError(f"step {self.step}: worker {rank} sent non-finite gradients")
             pending.discard(rank)
             k = len(self.params)
             for j, node in enumerate(self.covers[rank]):
@@ -340,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         transport.close(linger=5.0)  # let the STOP messages reach the workers
         transport = None
         events({"event": "done"})
-    except (TimeoutError, ConnectionError, OSError, ValueError, RuntimeError) as e:
+    except (TimeoutError, ConnectionError, OSError, ValueError, RuntimeError, FloatingPointError) as e:
         print(f"server: error: {e}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:

@@ -87,7 +87,15 @@ def run_single_process(config: JobConfig) -> int:
     except KeyboardInterrupt:
         print("launch: interrupted", file=sys.stderr)
         return 130
-    except (TimeoutError, ConnectionError, ProtocolError, OSError, ValueError, RuntimeError) as e:
+    except (
+        TimeoutError,
+        ConnectionError,
+        ProtocolError,
+        OSError,
+        ValueError,
+        RuntimeError,
+        FloatingPointError,
+    ) as e:
         print(f"launch: error: {e}", file=sys.stderr)
         return 1
     finally:

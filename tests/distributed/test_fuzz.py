@@ -1,0 +1,146 @@
+"""A live server under a hail of malformed messages: it stays up and its weights do not change.
+
+The server trains in this process with two real worker processes; meanwhile a fuzzer connects
+its own sockets to the same port and sends thousands of messages of every malformed kind. The
+final weights must be bitwise those of an undisturbed run.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from distributed import protocol
+from distributed.config import JobConfig
+from distributed.server import ParameterServer
+from distributed.transport import LocalTransport, ZmqServerTransport
+from distributed.worker import Worker
+from numpy_cnn.data import load
+
+
+def malformed(rng: np.random.Generator, params: list[np.ndarray], step: int) -> list[bytes]:
+    """One hostile message, of a kind picked at random."""
+    kind = rng.integers(14) if rng.random() < 0.01 else rng.integers(13)  # 13 (oversized) drops the link
+    grads = [p.astype(p.dtype) for p in params]
+    fields = {
+        "step": step,
+        "version": step,
+        "rank": 0,
+        "nodes": [[0, 2]],
+        "counts": [32],
+        "loss": 1.0,
+        "correct": 1,
+        "compute_s": 0.001,
+    }
+    if kind == 0:  # random bytes, 1 to 4 frames
+        return [rng.bytes(int(rng.integers(0, 200))) for _ in range(rng.integers(1, 5))]
+    if kind == 1:  # valid msgpack, not a map
+        return [msgpack.packb([1, "grads", None])]
+    if kind == 2:  # wrong protocol version
+        return [msgpack.packb({"v": 99, "type": "grads", "arrays": [], **fields})]
+    if kind == 3:  # unknown type
+        return [msgpack.packb({"v": 1, "type": "shutdown", "arrays": []})]
+    if kind == 4:  # a well-formed gradient from a peer that never registered (stale, current, future)
+        fields["step"] = fields["version"] = step + int(rng.integers(-2, 3))
+        return protocol.encode(protocol.GRADS, grads, **fields)
+    if kind == 5:  # NaN and Inf gradients
+        bad = [g.copy() for g in grads]
+        bad[0].flat[0], bad[-1].flat[-1] = np.nan, np.inf
+        return protocol.encode(protocol.GRADS, bad, **fields)
+    if kind == 6:  # wrong dtype
+        return protocol.encode(protocol.GRADS, [g.astype(np.float64) for g in grads], **fields)
+    if kind == 7:  # wrong shapes
+        return protocol.encode(protocol.GRADS, [g.reshape(-1) for g in grads], **fields)
+    if kind == 8:  # truncated frames
+        frames = protocol.encode(protocol.GRADS, grads, **fields)
+        return [frames[0], *(bytes(memoryview(f).cast("B"))[: memoryview(f).nbytes // 2] for f in frames[1:])]
+    if kind == 9:  # a huge declared size
+        header = {"v": 1, "type": "grads", **fields, "arrays": [["<f4", [1 << 30, 1 << 30]]]}
+        return [msgpack.packb(header), b"\x00" * 16]
+    if kind == 10:  # too many or too few frames
+        frames = protocol.encode(protocol.GRADS, grads, **fields)
+        return frames[:-3] if rng.integers(2) else [*frames, b"extra"]
+    if kind == 11:  # registration attempts: a live rank, an unknown rank
+        return protocol.encode(protocol.HELLO, rank=int(rng.choice([0, 1, 7, -1])), pid=1)
+    if kind == 12:  # messages only the server may send
+        return protocol.encode(protocol.STOP, reason="fuzz")
+    # a frame over the server's maximum message size: the server drops this connection
+    return [msgpack.packb({"v": 1, "type": "ready", "rank": 0, "arrays": []}), b"\x00" * (1 << 20)]
+
+
+def fuzz(endpoint: str, server: ParameterServer, stop: threading.Event, sent: list[int]) -> None:
+    rng = np.random.default_rng(0)
+    params = [p.data.copy() for p in server.params]
+    context = zmq.Context()
+    try:
+        while not stop.is_set() and server.step < 1:
+            time.sleep(0.01)  # registration is issue 5's to defend (keys); fuzz the training
+        # one socket throughout: when the server drops it for an oversized frame, it reconnects by
+        # itself (closing sockets mid-message trips a libzmq 4.3 assertion in the closing process)
+        sock = context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL, 10)
+        sock.connect(endpoint)
+        while not stop.is_set():
+            try:
+                sock.send_multipart(malformed(rng, params, server.step), flags=zmq.NOBLOCK)
+                sent[0] += 1
+            except zmq.Again:
+                time.sleep(0.001)
+            if sock.poll(0):
+                sock.recv_multipart()  # the server never answers a stranger; if it did, read it
+                sent[1] += 1
+        sock.close(linger=0)
+    finally:
+        context.term()
+
+
+def test_server_survives_thousands_of_malformed_messages(mnist_dir, spawn_workers):
+    data = load("mnist", str(mnist_dir))
+    config = JobConfig("conv-net", workers=2, max_steps=300, epochs=1, data_dir=str(mnist_dir))
+    largest = max(p.data.nbytes for p in ParameterServer(config, LocalTransport([]), data).params)
+    transport = ZmqServerTransport(max_message_bytes=max(largest, protocol.MAX_HEADER_BYTES))
+    stop, sent = threading.Event(), [0, 0]
+    try:
+        server = ParameterServer(config, transport, data)
+        spawn_workers(transport.endpoint, 2)
+        fuzzer = threading.Thread(target=fuzz, args=(transport.endpoint, server, stop, sent), daemon=True)
+        fuzzer.start()
+        server.run()
+    finally:
+        stop.set()
+        transport.close(linger=5.0)
+    fuzzer.join(timeout=10)
+    assert not fuzzer.is_alive()
+    assert sent[0] >= 2000, f"only {sent[0]} messages were sent while the server trained"
+    assert sent[1] == 0, "the server answered a stranger"
+    assert server.rejected >= 1000
+
+    clean = ParameterServer(config, LocalTransport([Worker(r, data) for r in range(2)]), data)
+    clean.run()
+    for a, b in zip(server.params, clean.params):
+        assert a.data.tobytes() == b.data.tobytes()
+
+
+def test_nan_gradients_from_a_worker_stop_the_run(mnist_dir):
+    data = load("mnist", str(mnist_dir))
+
+    class Broken(Worker):
+        def _step(self, msg):
+            frames = super()._step(msg)
+            if msg["step"] == 3:
+                frames[1] = np.full_like(frames[1], np.nan)
+            return frames
+
+    config = JobConfig("fc-net", workers=2, max_steps=10, data_dir=str(mnist_dir))
+    server = ParameterServer(config, LocalTransport([Worker(0, data), Broken(1, data)]), data)
+    with pytest.raises(FloatingPointError, match="step 3: worker 1 sent non-finite gradients"):
+        server.run()
+    assert server.step == 3  # the bad gradient never reached Adam
+    assert all(np.isfinite(p.data).all() for p in server.params)
