@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from numpy_cnn import checkpoint
 from numpy_cnn.data import MNIST, load, steps_per_epoch
 from numpy_cnn.metrics import evaluate
 from numpy_cnn.models import build, input_shape
@@ -243,28 +244,59 @@ class ParameterServer:
     def run(self) -> list[dict]:
         """Register the workers and train for the configured epochs; returns one record per epoch."""
         config = self.config
+        first_epoch = first_index = 0
+        if config.resume:
+            self.step, first_epoch, first_index, path = checkpoint.resume_run(
+                config.resume, config.identity(), self.net, self.optimizer
+            )
+            self.version = self.step
+            self.echo(
+                f"resumed from {path} at step {self.step} (epoch {first_epoch + 1}, batch {first_index})"
+            )
         self.register()
         history: list[dict] = []
         metrics = open(config.metrics, "w", encoding="utf-8") if config.metrics else None
         last_event = 0.0
+
+        def save_checkpoint(epoch: int, index: int) -> None:
+            identity = config.identity()
+            checkpoint.save_run(
+                config.checkpoint_dir,
+                identity,
+                self.step,
+                epoch,
+                index,
+                self.per_epoch,
+                self.net,
+                self.optimizer,
+            )
+
         try:
-            for epoch in range(config.n_epochs):
-                todo = self.per_epoch
+            for epoch in range(first_epoch, config.n_epochs):
+                if config.max_steps is not None and self.step >= config.max_steps:
+                    break
+                first = first_index if epoch == first_epoch else 0
+                todo = self.per_epoch - first
                 if config.max_steps is not None:
                     todo = min(todo, config.max_steps - self.step)
                 stats = EpochStats()
                 start = time.perf_counter()
-                for index in range(todo):
+                for index in range(first, first + todo):
                     self.train_step(epoch, index, stats)
-                    if time.monotonic() - last_event > 0.2 or index == todo - 1:
+                    if time.monotonic() - last_event > 0.2 or index == first + todo - 1:
                         last_event = time.monotonic()
                         self.events({"event": "step", "step": self.step, "epoch": epoch + 1})
+                    every = config.checkpoint_every
+                    if config.checkpoint_dir and every and self.step % every == 0:
+                        save_checkpoint(epoch, index + 1)
+                if config.checkpoint_dir:
+                    save_checkpoint(epoch, first + todo)
                 seconds = time.perf_counter() - start
                 record = epoch_record(
                     epoch + 1,
                     self.step,
-                    stats.loss / stats.samples,
-                    stats.correct / stats.samples,
+                    stats.loss / max(stats.samples, 1),
+                    stats.correct / max(stats.samples, 1),
                     evaluate(self.net, self.data.test, self.shape),
                     seconds,
                     stats.samples,
@@ -276,8 +308,6 @@ class ParameterServer:
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
                 self.events({"event": "epoch", "record": record})
-                if config.max_steps is not None and self.step >= config.max_steps:
-                    break
         finally:
             if metrics:
                 metrics.close()

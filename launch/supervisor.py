@@ -175,6 +175,12 @@ class Job:
         self.say(f"{child.name} (pid {child.pid}) {child.describe_exit()}; stopping the job")
         self.stop_all()
         print(f"launch: error: {child.name} {child.describe_exit()}", file=sys.stderr, flush=True)
+        if self.config.checkpoint_dir:
+            print(
+                f"launch: to continue, run the same command with --resume {self.config.checkpoint_dir}",
+                file=sys.stderr,
+                flush=True,
+            )
         return 1
 
     def _finish(self, done: bool) -> int:

@@ -56,21 +56,22 @@ class Net:
 
     def load(self, path: str | os.PathLike) -> None:
         """Copy the arrays of a .npz written by `save` into this net's parameters, in place."""
-        params = self.named_parameters()
         with np.load(path, allow_pickle=False) as f:
-            if set(f.files) != set(params):
-                missing, extra = (
-                    sorted(set(params) - set(f.files)),
-                    sorted(set(f.files) - set(params)),
-                )
-                raise ValueError(
-                    f"{path}: parameters do not match this net (missing {missing}, unexpected {extra})"
-                )
-            for key, p in params.items():
-                arr = f[key]
-                if arr.shape != p.shape:
-                    raise ValueError(f"{path}: {key} has shape {arr.shape}, the net needs {p.shape}")
-                p.data[...] = arr
+            self.load_arrays({k: f[k] for k in f.files}, str(path))
+
+    def load_arrays(self, arrays: dict[str, np.ndarray], source: str = "arrays") -> None:
+        """Copy {'{i}.weight': array, ...} into this net's parameters, in place, after checking them."""
+        params = self.named_parameters()
+        if set(arrays) != set(params):
+            missing, extra = sorted(set(params) - set(arrays)), sorted(set(arrays) - set(params))
+            raise ValueError(
+                f"{source}: parameters do not match this net (missing {missing}, unexpected {extra})"
+            )
+        for key, p in params.items():
+            arr = arrays[key]
+            if arr.shape != p.shape:
+                raise ValueError(f"{source}: {key} has shape {arr.shape}, the net needs {p.shape}")
+            p.data[...] = arr
 
     def __repr__(self) -> str:
         inner = ",\n".join(f"  {layer!r}" for layer in self.layers)

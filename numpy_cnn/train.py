@@ -16,6 +16,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from . import checkpoint
 from .data import batches, load, steps_per_epoch
 from .data.mnist import DATASETS
 from .loss import CrossEntropyLoss
@@ -54,6 +55,13 @@ class Config:
     shards: int | None = None  # micro-shards per batch (None: DEFAULT_SHARDS); fixes the sum's order
     threads: int | None = None  # threads computing them (default: min(cores, shards)); bits unchanged
     shift: int | None = None  # augmentation: translate images by up to this many pixels (None: default)
+    checkpoint_dir: str | None = None
+    checkpoint_every: int | None = None  # steps; checkpoints are also written at every epoch end
+    resume: str | None = None  # a checkpoint folder to continue from
+
+    def identity(self) -> dict:
+        """The settings with defaults resolved: what a resumed run must share with the checkpointed one."""
+        return {**asdict(self), "epochs": self.n_epochs, "shards": self.n_shards, "shift": self.n_shift}
 
     @property
     def n_shift(self) -> int:
@@ -171,9 +179,25 @@ def train(
     history: list[dict] = []
     step, n = 0, len(data.train)
     per_epoch = steps_per_epoch(n, config.batch_size)
+    first_epoch, first_index = 0, 0
+    if config.resume:
+        step, first_epoch, first_index, path = checkpoint.resume_run(
+            config.resume, config.identity(), net, optimizer
+        )
+        log(f"resumed from {path} at step {step} (epoch {first_epoch + 1}, batch {first_index})")
+
+    def save_checkpoint(epoch: int, index: int) -> None:
+        # (epoch, index) is the next batch to train on
+        checkpoint.save_run(
+            config.checkpoint_dir, config.identity(), step, epoch, index, per_epoch, net, optimizer
+        )
+
     try:
-        for epoch in range(config.n_epochs):
-            todo = per_epoch
+        for epoch in range(first_epoch, config.n_epochs):
+            if config.max_steps is not None and step >= config.max_steps:
+                break
+            first = first_index if epoch == first_epoch else 0
+            todo = per_epoch - first
             if config.max_steps is not None:
                 todo = min(todo, config.max_steps - step)
             total_loss, correct, seen = 0.0, 0, 0
@@ -186,6 +210,7 @@ def train(
                 file=sys.stderr,
             )
             start = time.perf_counter()
+            index = first
             with threadpool_limits(blas_threads):
                 for x, y in batches(
                     data.train.images,
@@ -194,6 +219,7 @@ def train(
                     config.seed,
                     epoch,
                     shape,
+                    start=first,
                     max_shift=config.n_shift,
                 ):
                     if todo == 0:
@@ -205,16 +231,25 @@ def train(
                     correct += right
                     seen += len(y)
                     step += 1
+                    index += 1
                     todo -= 1
                     bar.update()
                     bar.set_postfix(loss=f"{loss_sum / len(y):.4f}", refresh=False)
+                    if (
+                        config.checkpoint_dir
+                        and config.checkpoint_every
+                        and step % config.checkpoint_every == 0
+                    ):
+                        save_checkpoint(epoch, index)
             seconds = time.perf_counter() - start
             bar.close()
+            if config.checkpoint_dir:
+                save_checkpoint(epoch, index)
             record = epoch_record(
                 epoch + 1,
                 step,
-                total_loss / seen,
-                correct / seen,
+                total_loss / max(seen, 1),
+                correct / max(seen, 1),
                 evaluate(net, data.test, shape),
                 seconds,
                 seen,
@@ -224,8 +259,6 @@ def train(
             if metrics:
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
-            if config.max_steps is not None and step >= config.max_steps:
-                break
     finally:
         step_fn.close()
         if metrics:
@@ -341,6 +374,26 @@ def add_arguments(parser: argparse.ArgumentParser, metrics_keys: str = "", shard
         "(seed, epoch) (default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_SHIFT.items()) + ")",
     )
     parser.add_argument(
+        "--checkpoint-dir",
+        metavar="DIR",
+        default=None,
+        help="write checkpoints here (atomically; the newest 3 are kept) at every epoch end",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        metavar="STEPS",
+        type=positive_int,
+        default=None,
+        help="also write a checkpoint every STEPS optimizer steps",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="DIR",
+        default=None,
+        help="continue from the newest valid checkpoint in DIR; the result is bitwise that of an "
+        "uninterrupted run",
+    )
+    parser.add_argument(
         "--dtype",
         choices=["float32", "float64"],
         default="float32",
@@ -367,6 +420,19 @@ def parse_config(
     check_writable(parser, args.metrics, "--metrics")
     fields = config_type.__dataclass_fields__
     config = config_type(**{k: v for k, v in vars(args).items() if k in fields})
+    if config.checkpoint_every and not config.checkpoint_dir:
+        parser.error("--checkpoint-every needs --checkpoint-dir")
+    if config.checkpoint_dir:
+        folder = os.path.abspath(config.checkpoint_dir)
+        while not os.path.exists(folder):
+            folder = os.path.dirname(folder)
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            parser.error(f"--checkpoint-dir {config.checkpoint_dir}: {folder} is not a writable folder")
+    if config.resume:
+        try:
+            checkpoint.check_resumable(checkpoint.latest(config.resume).meta, config.identity())
+        except checkpoint.CheckpointError as e:
+            parser.error(f"--resume {config.resume}: {e}")
     return config, args
 
 
@@ -391,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError) as e:  # CheckpointError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -256,3 +256,43 @@ def test_the_launch_script_is_installed():
     assert script is not None
     result = run([script, "--help"], timeout=60)
     assert result.returncode == 0 and result.stdout.startswith("usage: launch")
+
+
+def test_a_killed_server_resumes_bitwise_with_another_worker_count(mnist_dir, tmp_path, running):
+    common = ["conv-net", "--epochs", "1", "--data-dir", str(mnist_dir)]
+    full = tmp_path / "full.npz"
+    assert (
+        run([*LAUNCH, *common, "--workers", "2", "--max-steps", "300", "--save", str(full)]).returncode == 0
+    )
+
+    ckdir = tmp_path / "ck"
+    job = running(
+        [
+            *common,
+            "--workers",
+            "2",
+            "--max-steps",
+            "2000",
+            "--checkpoint-dir",
+            str(ckdir),
+            "--checkpoint-every",
+            "50",
+        ]
+    )
+    deadline = time.monotonic() + 120
+    while not (ckdir / "step-000000100.npz").exists():
+        assert time.monotonic() < deadline and job.process.poll() is None, "no checkpoint at step 100"
+        time.sleep(0.01)
+    job.wait_for(r"started worker 1")
+    pids = job.pids()
+    os.kill(pids["server"], signal.SIGKILL)
+    assert job.finish(timeout=15) == 1
+    assert any(f"--resume {ckdir}" in line for line in job.seen), job.seen
+    assert wait_gone(list(pids.values()), timeout=5) == []
+
+    resumed = tmp_path / "resumed.npz"
+    args = [*common, "--workers", "4", "--max-steps", "300", "--resume", str(ckdir), "--save", str(resumed)]
+    result = run([*LAUNCH, *args])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "resumed from" in result.stdout
+    assert same_bits(load_npz(full), load_npz(resumed))
