@@ -13,13 +13,14 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .files import atomic_savez
 
 FORMAT = 1
 PREFIX, SUFFIX = "step-", ".npz"
@@ -60,22 +61,7 @@ def save(
     arrays = {f"param/{k}": v for k, v in params.items()} | {f"optim/{k}": v for k, v in optimizer.items()}
     meta = {**meta, "format": FORMAT, "sha256": _digest(arrays)}
     path = directory / f"{PREFIX}{meta['step']:09d}{SUFFIX}"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=SUFFIX, dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a crash
-    finally:
-        os.close(dir_fd)
+    atomic_savez(path, {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays})
     for old in sorted(directory.glob(f"{PREFIX}*{SUFFIX}"))[:-keep]:
         old.unlink()
     return path

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 
 import numpy as np
 
+from .files import atomic_savez
 from .layers import Layer
 from .tensor import Tensor
 
@@ -39,20 +39,7 @@ class Net:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write one array per parameter to a .npz file, atomically."""
-        path = os.fspath(path)
-        arrays = {k: p.data for k, p in self.named_parameters().items()}
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_savez(path, {k: p.data for k, p in self.named_parameters().items()})
 
     def load(self, path: str | os.PathLike) -> None:
         """Copy the arrays of a .npz written by `save` into this net's parameters, in place."""
