@@ -17,6 +17,7 @@ from numpy_cnn.data import MNIST, batch_indices, epoch_order, epoch_shifts, load
 from numpy_cnn.loss import CrossEntropyLoss
 from numpy_cnn.models import build, input_shape
 from numpy_cnn.shards import cover, shard_bounds, tree_sum, worker_shards
+from numpy_cnn.train import shard_gradient
 
 from . import protocol
 from .config import JobConfig
@@ -102,21 +103,13 @@ class Worker:
         for leaf in self.leaves:
             lo, hi = bounds[leaf[0]]
             counts[leaf] = hi - lo
-            grads = self.leaf_grads[leaf]
-            if hi == lo:  # a short last batch can leave a micro-shard empty
-                for g in grads:
-                    g.fill(0)
-                continue
+            for p, g in zip(self.params, self.leaf_grads[leaf]):
+                p.grad = g  # backward writes straight into this shard's buffers
             images = shift_images(self.data.train.images[idx[lo:hi]], shifts[lo:hi], self.config.n_shift)
-            x = to_float(images, self.shape)
             y = self.data.train.labels[idx[lo:hi]]
-            preds = self.net.forward(x)
-            loss_sum += self.loss.loss(preds, y) * (hi - lo)
-            correct += int(np.sum(preds.argmax(axis=1) == y))
-            for p, g in zip(self.params, grads):
-                p.grad = g
-            # divided by the whole global batch: the shards' gradients sum to its mean gradient
-            self.net.backward(self.loss.grad(preds, y, total=len(idx)))
+            loss, right = shard_gradient(self.net, self.loss, to_float(images, self.shape), y, len(idx))
+            loss_sum += loss
+            correct += right
         arrays = []
         for node in self.nodes:
             arrays.extend(tree_sum(node, self.leaf_grads, self.scratch))

@@ -109,6 +109,22 @@ def format_record(r: dict, epochs: int) -> str:
     )
 
 
+def shard_gradient(
+    net: Net, loss_f: CrossEntropyLoss, x: np.ndarray, y: np.ndarray, total: int
+) -> tuple[float, int]:
+    """Forward and backward on one micro-shard of a `total`-sample batch: fills net's gradients
+    with those of (sum of the shard's losses) / total, so the shards' gradients add up to the
+    batch's mean gradient. Returns (sum of losses, correct count)."""
+    if len(y) == 0:  # a short last batch can leave a micro-shard empty
+        for p in net.parameters:
+            p.grad.fill(0)
+        return 0.0, 0
+    preds = net.forward(x)
+    loss = loss_f.loss(preds, y) * len(y)
+    net.backward(loss_f.grad(preds, y, total=total))
+    return loss, int(np.sum(preds.argmax(axis=1) == y))
+
+
 class ShardedStep:
     """Forward and backward of one batch as `shards` micro-shards on a thread pool.
 
@@ -135,16 +151,7 @@ class ShardedStep:
 
     def _leaf(self, k: int, x: np.ndarray, y: np.ndarray, bounds: list, total: int) -> tuple[float, int]:
         lo, hi = bounds[k]
-        replica = self.replicas[k]
-        if hi == lo:  # a short last batch can leave a micro-shard empty
-            for p in replica.parameters:
-                p.grad.fill(0)
-            return 0.0, 0
-        preds = replica.forward(x[lo:hi])
-        loss = self.loss.loss(preds, y[lo:hi]) * (hi - lo)
-        # divided by the whole batch: the shards' gradients add up to its mean gradient
-        replica.backward(self.loss.grad(preds, y[lo:hi], total=total))
-        return loss, int(np.sum(preds.argmax(axis=1) == y[lo:hi]))
+        return shard_gradient(self.replicas[k], self.loss, x[lo:hi], y[lo:hi], total)
 
     def __call__(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         """Fill the net's gradients for batch (x, y); returns (sum of losses, correct count)."""
