@@ -207,9 +207,6 @@ class ParameterServer:
                 self._reject(peer, reason)
                 continue
             rank = self.ranks[peer]
-            if not all(np.isfinite(a).all() for a in msg.arrays):
-                # a real worker's gradient blew up: no update can be trusted, stop before Adam
-                raise FloatingPointError(f"step {self.step}: worker {rank} sent non-finite gradients")
             pending.discard(rank)
             k = len(self.params)
             for j, node in enumerate(self.covers[rank]):
@@ -219,6 +216,12 @@ class ParameterServer:
             computes.append(msg["compute_s"])
         waited = time.perf_counter()
         gradient = tree_sum((0, self.config.shards), parts, self.scratch)
+        if not all(np.isfinite(g).all() for g in gradient):  # a NaN or Inf anywhere reaches the root
+            # a real worker's gradient blew up: no update can be trusted, stop before Adam
+            bad = [
+                r for r in range(w) if not all(np.isfinite(a).all() for n in self.covers[r] for a in parts[n])
+            ]
+            raise FloatingPointError(f"step {self.step}: worker(s) {bad} sent non-finite gradients")
         for p, g in zip(self.params, gradient):
             p.grad = g
         self.optimizer.lr = self.config.lr_at(self.step, self.per_epoch)
@@ -255,10 +258,16 @@ class ParameterServer:
             )
         self.register()
         history: list[dict] = []
-        metrics = open(config.metrics, "w", encoding="utf-8") if config.metrics else None
+        # a resumed run adds to the interrupted run's records
+        mode = "a" if config.resume else "w"
+        metrics = open(config.metrics, mode, encoding="utf-8") if config.metrics else None
         last_event = 0.0
+        saved = [self.step]  # the step of the newest checkpoint: never write the same one twice
 
         def save_checkpoint(epoch: int, index: int) -> None:
+            if saved[0] == self.step:
+                return
+            saved[0] = self.step
             identity = config.identity()
             checkpoint.save_run(
                 config.checkpoint_dir,
@@ -311,7 +320,7 @@ class ParameterServer:
         finally:
             if metrics:
                 metrics.close()
-        self.stop_workers("training finished")
+            self.stop_workers("training finished")  # on errors too: workers need not wait to time out
         if config.save:
             self.net.save(config.save)
             self.echo(f"saved {config.save}")

@@ -62,9 +62,15 @@ def save(
     meta = {**meta, "format": FORMAT, "sha256": _digest(arrays)}
     path = directory / f"{PREFIX}{meta['step']:09d}{SUFFIX}"
     atomic_savez(path, {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays})
-    for old in sorted(directory.glob(f"{PREFIX}*{SUFFIX}"))[:-keep]:
+    # prune only older steps: a newer file (say, a damaged one a resume skipped) is not ours to rank
+    older = [f for f in sorted(directory.glob(f"{PREFIX}*{SUFFIX}")) if f.name < path.name]
+    for old in older[: max(0, len(older) - (keep - 1))]:
         old.unlink()
     return path
+
+
+def has_checkpoints(directory: str | os.PathLike) -> bool:
+    return Path(directory).is_dir() and any(Path(directory).glob(f"{PREFIX}*{SUFFIX}"))
 
 
 def read(path: str | os.PathLike) -> Checkpoint:

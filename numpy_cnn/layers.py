@@ -142,8 +142,9 @@ class Conv2d(Layer):
         (kh, kw), (sh, sw), (ph, pw) = self.k_size, self.stride, self.padding
         g = grad.transpose(1, 0, 2, 3)  # (OC, N, OH, OW)
         if self._rows:  # zero gradient for the wrapped columns: they then change nothing
-            wide = np.zeros((*g.shape[:3], self._xp_shape[3]), dtype=g.dtype)
+            wide = np.empty((*g.shape[:3], self._xp_shape[3]), dtype=g.dtype)
             wide[..., : g.shape[3]] = g
+            wide[..., g.shape[3] :] = 0
             g = wide
         g = g.reshape(self.out_channels, -1)  # (OC, N*OH*width)
         # col @ g.T runs about twice as fast in OpenBLAS as g @ col.T for this long, thin product

@@ -178,12 +178,6 @@ def train(
     shape = input_shape(config.model)
     net = build(config.model, seed=config.seed, dtype=config.dtype)
     optimizer = Adam(net.parameters, lr=config.lr)
-    step_fn = ShardedStep(config, net)
-    # one BLAS thread per micro-shard while training: deterministic, and the shards use the cores
-    blas_threads = 1 if config.n_shards > 1 else None
-    progress = sys.stderr.isatty() if progress is None else progress
-    metrics = open(config.metrics, "w", encoding="utf-8") if config.metrics else None
-    history: list[dict] = []
     step, n = 0, len(data.train)
     per_epoch = steps_per_epoch(n, config.batch_size)
     first_epoch, first_index = 0, 0
@@ -192,13 +186,25 @@ def train(
             config.resume, config.identity(), net, optimizer
         )
         log(f"resumed from {path} at step {step} (epoch {first_epoch + 1}, batch {first_index})")
+    saved = [step]  # the step of the newest checkpoint: never write the same one twice
 
     def save_checkpoint(epoch: int, index: int) -> None:
         # (epoch, index) is the next batch to train on
-        checkpoint.save_run(
-            config.checkpoint_dir, config.identity(), step, epoch, index, per_epoch, net, optimizer
-        )
+        if saved[0] != step:
+            checkpoint.save_run(
+                config.checkpoint_dir, config.identity(), step, epoch, index, per_epoch, net, optimizer
+            )
+            saved[0] = step
 
+    step_fn = ShardedStep(config, net)
+    # one BLAS thread per micro-shard while training: deterministic, and the shards use the cores
+    blas_threads = 1 if config.n_shards > 1 else None
+    progress = sys.stderr.isatty() if progress is None else progress
+    # a resumed run adds to the interrupted run's records
+    metrics = (
+        open(config.metrics, "a" if config.resume else "w", encoding="utf-8") if config.metrics else None
+    )
+    history: list[dict] = []
     try:
         for epoch in range(first_epoch, config.n_epochs):
             if config.max_steps is not None and step >= config.max_steps:
@@ -435,6 +441,14 @@ def parse_config(
             folder = os.path.dirname(folder)
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
             parser.error(f"--checkpoint-dir {config.checkpoint_dir}: {folder} is not a writable folder")
+        resuming_here = config.resume and os.path.abspath(config.resume) == os.path.abspath(
+            config.checkpoint_dir
+        )
+        if checkpoint.has_checkpoints(config.checkpoint_dir) and not resuming_here:
+            parser.error(
+                f"--checkpoint-dir {config.checkpoint_dir} already holds checkpoints: pass "
+                f"--resume {config.checkpoint_dir} to continue them, or choose another folder"
+            )
     if config.resume:
         try:
             checkpoint.check_resumable(checkpoint.latest(config.resume).meta, config.identity())

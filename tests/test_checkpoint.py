@@ -47,6 +47,14 @@ def test_a_damaged_checkpoint_is_detected_and_the_previous_one_used(tmp_path, da
     assert "skipping checkpoint" in caplog.text
 
 
+def test_pruning_never_removes_newer_files_or_the_one_just_written(tmp_path):
+    for step in (7, 8, 9):
+        _write(tmp_path, step)
+    _write(tmp_path, 2)  # e.g. a resume from step 1 after skipping damaged newer files
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert "step-000000002.npz" in names and "step-000000009.npz" in names
+
+
 def test_an_interrupted_write_leaves_only_a_temp_file_that_is_never_read(tmp_path):
     _write(tmp_path, 1)
     (tmp_path / ".tmp-abc.npz").write_bytes(b"PK\x03\x04 half a zip")
@@ -85,3 +93,7 @@ def test_resume_from_another_run_is_refused_with_exit_2(mnist_dir, tmp_path, cap
     assert "model='fc-net'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["fc-net", "--checkpoint-every", "5"])
+    with pytest.raises(SystemExit) as e:  # a folder of checkpoints is continued, never mixed into
+        main(["fc-net", "--checkpoint-dir", str(tmp_path), "--data-dir", str(mnist_dir)])
+    assert e.value.code == 2
+    assert "already holds checkpoints" in capsys.readouterr().err

@@ -59,8 +59,10 @@ def batches(
     """(x float32 (B, *shape), y int64 (B,)) for each step of the epoch from `start` on; with
     max_shift > 0 each image is randomly translated (augmentation), as drawn by epoch_shifts."""
     order = epoch_order(len(images), seed, epoch)
-    shifts = epoch_shifts(len(images), seed, epoch, max_shift)
+    shifts = epoch_shifts(len(images), seed, epoch, max_shift) if max_shift else None
     for step in range(start, steps_per_epoch(len(images), batch_size)):
         idx = batch_indices(order, batch_size, step)
-        moved = shift_images(images[idx], batch_indices(shifts, batch_size, step), max_shift)
+        moved = images[idx]
+        if shifts is not None:
+            moved = shift_images(moved, batch_indices(shifts, batch_size, step), max_shift)
         yield to_float(moved, shape), labels[idx]
