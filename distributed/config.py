@@ -8,6 +8,8 @@ from typing import Any
 from numpy_cnn.models import check_name
 from numpy_cnn.train import Config
 
+FAILURE_POLICIES = ("reassign", "abort")
+
 
 @dataclass
 class JobConfig(Config):
@@ -15,7 +17,10 @@ class JobConfig(Config):
 
     workers: int = 2
     shards: int = 4  # micro-shards per global batch; fixes the reduction tree (serial's default is 2)
-    timeout: float = 60.0  # seconds the server waits for a step's gradients, a worker for the server
+    timeout: float = 5.0  # seconds of silence after which a worker, or the server, counts as dead
+    join_timeout: float = 120.0  # seconds to wait for workers to connect and build their replica
+    on_worker_failure: str = "reassign"  # or "abort"
+    max_restarts: int = 3  # how often `launch` restarts dead workers, in all
 
     def check(self) -> JobConfig:
         """Raise ValueError naming the first flag that makes this run impossible."""
@@ -31,8 +36,15 @@ class JobConfig(Config):
             raise ValueError(f"--batch-size {self.batch_size} is smaller than --shards {self.shards}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
-        if not self.timeout > 0:
-            raise ValueError(f"timeout must be positive, got {self.timeout}")
+        if not (self.timeout > 0 and self.join_timeout > 0):
+            raise ValueError(f"timeouts must be positive, got {self.timeout}, {self.join_timeout}")
+        if self.on_worker_failure not in FAILURE_POLICIES:
+            raise ValueError(
+                f"--on-worker-failure must be one of {', '.join(FAILURE_POLICIES)}, "
+                f"got {self.on_worker_failure!r}"
+            )
+        if self.max_restarts < 0:
+            raise ValueError(f"--max-restarts must be 0 or more, got {self.max_restarts}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

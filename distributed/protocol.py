@@ -15,13 +15,15 @@ from typing import Any
 import msgpack
 import numpy as np
 
-VERSION = 1
+VERSION = 2
+HEARTBEATS_PER_TIMEOUT = 5  # a peer silent for a whole --timeout has missed this many heartbeats
 
 HELLO = "hello"  # worker -> server: rank, pid
 WELCOME = "welcome"  # server -> worker: rank, the job's config
 READY = "ready"  # worker -> server: rank; its data and replica are built
-PARAMS = "params"  # server -> worker: step, version, epoch, index; one array per parameter
-GRADS = "grads"  # worker -> server: its subtree sums of the gradient, and batch statistics
+PARAMS = "params"  # server -> worker: step, batch, the shard-tree nodes to compute; the parameters
+GRADS = "grads"  # worker -> server: the sums of the gradient over those nodes, and batch statistics
+HEARTBEAT = "heartbeat"  # both ways while nothing else is said: rank; the sender is alive
 STOP = "stop"  # server -> worker: reason
 
 # each message type's fields and their types; every field is required, no other is allowed
@@ -29,7 +31,13 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     HELLO: {"rank": int, "pid": int},
     WELCOME: {"rank": int, "config": dict},
     READY: {"rank": int},
-    PARAMS: {"step": int, "version": int, "epoch": int, "index": int},
+    PARAMS: {
+        "step": int,
+        "version": int,
+        "epoch": int,
+        "index": int,
+        "nodes": list,  # [[lo, hi], ...] shard-tree nodes whose gradient sums the server wants
+    },
     GRADS: {
         "step": int,
         "version": int,
@@ -40,6 +48,7 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
         "correct": int,
         "compute_s": float,
     },
+    HEARTBEAT: {"rank": int},
     STOP: {"reason": str},
 }
 DTYPES = {np.dtype(np.float32).str: np.float32, np.dtype(np.float64).str: np.float64}

@@ -23,12 +23,12 @@ from numpy_cnn.data import MNIST, load, steps_per_epoch
 from numpy_cnn.metrics import evaluate
 from numpy_cnn.models import build, input_shape
 from numpy_cnn.optim import Adam
-from numpy_cnn.shards import Node, cover, shard_bounds, tree_sum, worker_shards
+from numpy_cnn.shards import Node, cover, parse_nodes, plan, shard_bounds, share, tree_sum
 from numpy_cnn.train import epoch_record, format_record
 
-from . import protocol
+from . import keys, protocol
 from .config import JobConfig
-from .protocol import Message, ProtocolError
+from .protocol import HEARTBEATS_PER_TIMEOUT, Message, ProtocolError
 
 log = logging.getLogger("distributed.server")
 
@@ -60,8 +60,29 @@ class EpochStats:
         }
 
 
+@dataclass
+class Member:
+    """A registered worker: its connection, whether its replica is built, when it last spoke."""
+
+    rank: int
+    peer: bytes
+    pid: int  # as it says: for the launcher, which kills a stuck worker by pid
+    heard: float
+    ready: bool = False
+
+
+class WorkerLost(RuntimeError):
+    """A worker died or went silent, and the job was told to stop then (--on-worker-failure abort)."""
+
+
 class ParameterServer:
-    """The Tensor list, Adam, the registered workers, and the step/version counters."""
+    """The Tensor list, Adam, the registered workers, and the step/version counters.
+
+    Everything happens on one thread, in `_serve`: it takes messages as they come (registrations,
+    heartbeats, gradients) and, every heartbeat interval, sends heartbeats and drops any worker
+    silent for `timeout` seconds. A dropped worker's micro-shards go to the live ones within the
+    same step; the fixed shard tree makes the sum, and so the weights, the same bits.
+    """
 
     def __init__(
         self,
@@ -81,33 +102,77 @@ class ParameterServer:
         self.per_epoch = steps_per_epoch(len(self.data.train), config.batch_size)
         self.step = 0  # optimizer steps taken
         self.version = 0  # parameter updates applied; workers must answer the current one
-        self.peers: dict[int, bytes] = {}  # rank -> the transport's id of its connection
-        self.ranks: dict[bytes, int] = {}
-        w, s = config.workers, config.shards
-        self.covers = {r: cover(*worker_shards(r, w, s), s) for r in range(w)}
+        self.members: dict[int, Member] = {}  # rank -> registered worker
+        self.ranks: dict[bytes, int] = {}  # the transport's id of a connection -> its rank
+        self.interval = config.timeout / HEARTBEATS_PER_TIMEOUT
+        self.next_tick = 0.0
+        self.stalled_since: float | None = None  # when work was left with no live worker to do it
+        # the current step: which worker owes which tree node (None: nobody yet), what has come in
+        self.batch = (0, 0)  # (epoch, index)
+        self.pending: dict[Node, int | None] = {}
+        self.parts: dict[Node, list[np.ndarray]] = {}
+        self.answers: list[Message] = []
         self.scratch: dict[Node, list[np.ndarray]] = {}  # the tree's inner sums, reused every step
         self.events = events or (lambda event: None)
         self.echo = echo
         self.rejected = 0
+        self.lost = 0  # workers dropped so far
 
     @property
     def total_steps(self) -> int:
         total = self.per_epoch * self.config.n_epochs
         return total if self.config.max_steps is None else min(total, self.config.max_steps)
 
-    # -- messages -----------------------------------------------------------------------------
+    def ready_ranks(self) -> list[int]:
+        return sorted(r for r, m in self.members.items() if m.ready)
 
-    def _receive(self, deadline: float) -> tuple[bytes, Message] | None:
-        """The next well-formed message, or None at the deadline; malformed ones are logged."""
-        while True:
-            got = self.transport.recv(max(0.0, deadline - time.monotonic()))
+    # -- the message loop ---------------------------------------------------------------------
+
+    def _serve(self, done: Callable[[], bool]) -> None:
+        """Take messages and keep time until `done()`; raises if the job cannot go on."""
+        while not done():
+            now = time.monotonic()
+            if now >= self.next_tick:
+                self.next_tick = now + self.interval
+                self._tick(now)
+                continue
+            got = self.transport.recv(self.next_tick - now)
             if got is None:
-                return None
-            peer, frames = got
-            try:
-                return peer, protocol.decode(frames)
-            except ProtocolError as e:
-                self._reject(peer, str(e))
+                if not self.transport.parallel:  # in-process workers answer at once, or never
+                    raise RuntimeError("the in-process workers did not answer")
+                continue
+            self._on_message(*got)
+
+    def _on_message(self, peer: bytes, frames: list) -> None:
+        try:
+            msg = protocol.decode(frames)
+        except ProtocolError as e:
+            self._reject(peer, str(e))
+            return
+        rank = self.ranks.get(peer)
+        if rank is not None:
+            self.members[rank].heard = time.monotonic()
+        if msg.type == protocol.HELLO:
+            self._hello(peer, msg)
+        elif msg.type == protocol.GRADS:
+            reason = self._check_grads(peer, msg)
+            if reason is None:
+                self._accept(msg)
+            else:
+                self._reject(peer, reason)
+        elif rank is None:
+            self._reject(peer, f"{msg.type} message from a peer that is not a registered worker")
+        elif msg["rank"] != rank:
+            self._reject(peer, f"claims rank {msg['rank']} on the connection of rank {rank}")
+        elif msg.type == protocol.READY and not self.members[rank].ready:
+            self.members[rank].ready = True
+            self.stalled_since = None
+            log.info("server: worker %d is ready", rank)
+            orphans = [node for node, owner in self.pending.items() if owner is None]
+            if orphans:
+                self._hand_out(orphans, [rank])
+        elif msg.type != protocol.HEARTBEAT:
+            self._reject(peer, f"unexpected {msg.type} message")
 
     def _reject(self, peer: bytes, reason: str) -> None:
         self.rejected += 1
@@ -115,38 +180,111 @@ class ParameterServer:
         who = f"worker {rank}" if rank is not None else f"unknown peer {peer.hex()}"
         log.warning("server: rejected a message from %s: %s", who, reason)
 
+    def _tick(self, now: float) -> None:
+        """Read what has queued up, drop silent workers, heartbeat the rest, check for stalls."""
+        for _ in range(10_000):  # judge silence only on what has arrived (bounded: a flood waits)
+            got = self.transport.recv(0.0)
+            if got is None:
+                break
+            self._on_message(*got)
+        if self.transport.parallel:  # in-process workers cannot die on their own
+            for rank, member in list(self.members.items()):
+                if now - member.heard > self.config.timeout:
+                    self._lose(rank, f"sent nothing for {self.config.timeout:g} s (no heartbeat)")
+        for rank in list(self.members):
+            if rank in self.members:
+                self._send(rank, protocol.encode(protocol.HEARTBEAT, rank=rank))
+        if self.stalled_since is not None and now - self.stalled_since > self.config.join_timeout:
+            raise TimeoutError(
+                f"step {self.step}: no worker has been ready to compute it for {self.config.join_timeout:g} s"
+            )
+
+    def _send(self, rank: int, frames: list) -> bool:
+        try:
+            self.transport.send(self.members[rank].peer, frames)
+            return True
+        except ConnectionError as e:
+            self._lose(rank, f"is unreachable ({e})")
+            return False
+
+    # -- workers joining and leaving ----------------------------------------------------------
+
+    def _hello(self, peer: bytes, msg: Message) -> None:
+        rank = msg["rank"]
+        if self.ranks.get(peer) == rank:
+            return  # a repeated HELLO from the connection that already holds the rank: in flight
+        if not 0 <= rank < self.config.workers:
+            self._reject(peer, f"HELLO for unknown rank {rank}")
+        elif rank in self.members or peer in self.ranks:
+            self._reject(peer, f"HELLO for rank {rank}, which is already registered")
+        else:
+            self.members[rank] = Member(rank, peer, msg["pid"], heard=time.monotonic())
+            self.ranks[peer] = rank
+            log.info("server: worker %d connected (pid %d)", rank, msg["pid"])
+            self._send(rank, protocol.encode(protocol.WELCOME, rank=rank, config=self.config.to_dict()))
+
+    def _lose(self, rank: int, why: str) -> None:
+        """Drop worker `rank`; its unfinished nodes go to the live workers (or the job stops)."""
+        member = self.members.pop(rank)
+        del self.ranks[member.peer]
+        self.lost += 1
+        try:  # if it is only stuck, tell it to go, so it never comes back as a stale peer
+            self.transport.send(member.peer, protocol.encode(protocol.STOP, reason=f"dropped: {why}"))
+        except ConnectionError:
+            pass
+        log.warning("server: worker %d %s; dropped it at step %d", rank, why, self.step)
+        self.events({"event": "worker_lost", "rank": rank, "pid": member.pid, "reason": why})
+        if self.config.on_worker_failure == "abort":
+            raise WorkerLost(f"worker {rank} {why} at step {self.step} (--on-worker-failure abort)")
+        owed = [node for node, owner in self.pending.items() if owner == rank]
+        if owed:
+            self._hand_out(owed, self.ready_ranks())
+
+    def _hand_out(self, nodes: list[Node], ranks: list[int]) -> None:
+        """Have `ranks` compute `nodes` of this step, split evenly (no ranks: wait for one)."""
+        for node in nodes:
+            del self.pending[node]
+        if not ranks:
+            self.pending.update(dict.fromkeys(nodes))
+            if self.stalled_since is None:
+                self.stalled_since = time.monotonic()
+            return
+        for rank, part in share(nodes, ranks, self.config.shards).items():
+            self.pending.update(dict.fromkeys(part, rank))
+            log.info("server: step %d: worker %d takes over micro-shards %s", self.step, rank, part)
+            self._send_params(rank, part)
+
+    def _send_params(self, rank: int, nodes: list[Node]) -> None:
+        epoch, index = self.batch
+        frames = protocol.encode(
+            protocol.PARAMS,
+            [p.data for p in self.params],
+            step=self.step,
+            version=self.version,
+            epoch=epoch,
+            index=index,
+            nodes=[list(node) for node in nodes],
+        )
+        self._send(rank, frames)
+
     def register(self) -> None:
         """Welcome every rank with the job's config, and wait until each has built its replica."""
-        deadline = time.monotonic() + self.config.timeout
-        ready: set[int] = set()
-        while len(ready) < self.config.workers:
-            got = self._receive(deadline)
-            if got is None:
-                raise TimeoutError(
-                    f"only workers {sorted(ready)} of {self.config.workers} were ready "
-                    f"within {self.config.timeout:g} s"
-                )
-            peer, msg = got
-            rank = msg.fields.get("rank")
-            if msg.type == protocol.READY and self.ranks.get(peer) == rank and rank not in ready:
-                ready.add(rank)
-            elif msg.type != protocol.HELLO:
-                self._reject(peer, f"{msg.type} message while workers register")
-            elif not (isinstance(rank, int) and 0 <= rank < self.config.workers):
-                self._reject(peer, f"unknown rank {rank}")
-            elif rank in self.peers or peer in self.ranks:
-                self._reject(peer, f"rank {rank} is already registered")
-            else:
-                self.peers[rank], self.ranks[peer] = peer, rank
-                self.transport.send(
-                    peer, protocol.encode(protocol.WELCOME, rank=rank, config=self.config.to_dict())
-                )
-                log.info("server: worker %d connected (pid %d)", rank, msg["pid"])
+        started = time.monotonic()
 
-    def _check_grads(self, peer: bytes, msg: Message, pending: set[int], n: int) -> str | None:
-        """Why this message is not an expected answer to the current step, or None if it is."""
-        if msg.type != protocol.GRADS:
-            return f"unexpected {msg.type} message during step {self.step}"
+        def done() -> bool:
+            if len(self.ready_ranks()) == self.config.workers:
+                return True
+            if time.monotonic() - started > self.config.join_timeout:
+                raise TimeoutError(
+                    f"only workers {self.ready_ranks()} of {self.config.workers} were ready "
+                    f"within {self.config.join_timeout:g} s"
+                )
+            return False
+
+        self._serve(done)
+
+    def _check_grads(self, peer: bytes, msg: Message) -> str | None:
+        """Why this GRADS message is not an expected answer to the current step, or None if it is."""
         rank = self.ranks.get(peer)
         if rank is None:
             return "not a registered worker"
@@ -157,12 +295,16 @@ class ParameterServer:
                 f"step {msg['step']} version {msg['version']}, "
                 f"expected step {self.step} version {self.version}"
             )
-        if rank not in pending:
-            return f"a second answer for step {self.step}"
-        nodes = self.covers[rank]
-        if msg["nodes"] != [list(node) for node in nodes]:
-            return f"shard nodes {msg['nodes']}, expected {[list(node) for node in nodes]}"
-        bounds = shard_bounds(n, self.config.shards)
+        try:
+            nodes = parse_nodes(msg["nodes"], self.config.shards)
+        except ValueError as e:
+            return str(e)
+        owed = [node for node in nodes if self.pending.get(node, -1) != rank]
+        if owed:
+            return f"micro-shard nodes {owed} are not owed by worker {rank} (a duplicate, or not its work)"
+        bounds = shard_bounds(
+            batch_length(len(self.data.train), self.config.batch_size, self.batch[1]), self.config.shards
+        )
         counts = [bounds[hi - 1][1] - bounds[lo][0] for lo, hi in nodes]
         if msg["counts"] != counts:
             return f"sample counts {msg['counts']}, expected {counts}"
@@ -174,53 +316,36 @@ class ParameterServer:
                 return f"array {i} is {a.dtype} {a.shape}, expected {p.dtype} {p.shape}"
         return None
 
+    def _accept(self, msg: Message) -> None:
+        k = len(self.params)
+        for j, (lo, hi) in enumerate(msg["nodes"]):
+            del self.pending[(lo, hi)]
+            self.parts[(lo, hi)] = msg.arrays[j * k : (j + 1) * k]
+        self.answers.append(msg)
+
     # -- training -----------------------------------------------------------------------------
 
     def train_step(self, epoch: int, index: int, stats: EpochStats) -> None:
         """One synchronous step on global batch `index` of `epoch`; adds to `stats`."""
-        w, sent, received = self.config.workers, self.transport.sent_bytes, self.transport.received_bytes
+        sent, received = self.transport.sent_bytes, self.transport.received_bytes
         n = batch_length(len(self.data.train), self.config.batch_size, index)
         start = time.perf_counter()
-        frames = protocol.encode(
-            protocol.PARAMS,
-            [p.data for p in self.params],
-            step=self.step,
-            version=self.version,
-            epoch=epoch,
-            index=index,
-        )
-        for rank in range(w):
-            self.transport.send(self.peers[rank], frames)
-        parts: dict[Node, list[np.ndarray]] = {}
-        pending, computes = set(range(w)), []
-        deadline = time.monotonic() + self.config.timeout
-        while pending:
-            got = self._receive(deadline)
-            if got is None:
-                raise TimeoutError(
-                    f"step {self.step}: no gradients from worker(s) {sorted(pending)} "
-                    f"within {self.config.timeout:g} s"
-                )
-            peer, msg = got
-            reason = self._check_grads(peer, msg, pending, n)
-            if reason is not None:
-                self._reject(peer, reason)
-                continue
-            rank = self.ranks[peer]
-            pending.discard(rank)
-            k = len(self.params)
-            for j, node in enumerate(self.covers[rank]):
-                parts[node] = msg.arrays[j * k : (j + 1) * k]
-            stats.loss += msg["loss"]
-            stats.correct += msg["correct"]
-            computes.append(msg["compute_s"])
+        self.batch, self.parts, self.answers = (epoch, index), {}, []
+        ready = self.ready_ranks()
+        work = plan(ready, self.config.workers, self.config.shards)
+        self.pending = {node: rank for rank, nodes in work.items() for node in nodes}
+        if not ready:  # every worker is gone: the first to be ready again gets the whole batch
+            self.pending = dict.fromkeys(cover(0, self.config.shards, self.config.shards))
+            self.stalled_since = time.monotonic()
+        for rank, nodes in work.items():
+            if rank in self.members:  # an earlier send in this loop may have found it gone
+                self._send_params(rank, nodes)
+        self._serve(lambda: not self.pending)
         waited = time.perf_counter()
-        gradient = tree_sum((0, self.config.shards), parts, self.scratch)
+        gradient = tree_sum((0, self.config.shards), self.parts, self.scratch)
         if not all(np.isfinite(g).all() for g in gradient):  # a NaN or Inf anywhere reaches the root
             # a real worker's gradient blew up: no update can be trusted, stop before Adam
-            bad = [
-                r for r in range(w) if not all(np.isfinite(a).all() for n in self.covers[r] for a in parts[n])
-            ]
+            bad = sorted({m["rank"] for m in self.answers if not all(np.isfinite(a).all() for a in m.arrays)})
             raise FloatingPointError(f"step {self.step}: worker(s) {bad} sent non-finite gradients")
         for p, g in zip(self.params, gradient):
             p.grad = g
@@ -229,18 +354,21 @@ class ParameterServer:
         self.step += 1
         self.version += 1
         done = time.perf_counter()
+        computes = [m["compute_s"] for m in self.answers]
         compute = max(computes) if self.transport.parallel else sum(computes)
         stats.steps += 1
         stats.samples += n
+        stats.loss += sum(m["loss"] for m in self.answers)
+        stats.correct += sum(m["correct"] for m in self.answers)
         stats.compute += compute
         stats.comm += max(0.0, waited - start - compute)
         stats.update += done - waited
         stats.bytes += self.transport.sent_bytes - sent + self.transport.received_bytes - received
 
     def stop_workers(self, reason: str) -> None:
-        for peer in self.peers.values():
+        for member in self.members.values():
             try:
-                self.transport.send(peer, protocol.encode(protocol.STOP, reason=reason))
+                self.transport.send(member.peer, protocol.encode(protocol.STOP, reason=reason))
             except ConnectionError:
                 pass  # already gone: nothing to stop
 
@@ -351,6 +479,11 @@ def main(argv: list[str] | None = None) -> int:
         "--bind", default="tcp://127.0.0.1:*", help="ZeroMQ endpoint to listen on (default: %(default)s)"
     )
     parser.add_argument("--events-fd", type=int, default=None, help="write JSON-lines progress events here")
+    parser.add_argument(
+        "--keys",
+        required=True,
+        help="folder with server.key_secret and worker.key (written by `launch keygen`)",
+    )
     parser.add_argument("--watch-stdin", action="store_true", help="exit when standard input closes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
@@ -374,14 +507,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data = load(config.dataset, config.data_dir)  # before listening: workers then find it cached
         largest = max(p.data.nbytes for p in build(config.model, dtype=config.dtype).parameters)
-        transport = ZmqServerTransport(args.bind, max_message_bytes=max(largest, protocol.MAX_HEADER_BYTES))
+        transport = ZmqServerTransport(
+            keys.read(args.keys, keys.SERVER),
+            args.bind,
+            max_message_bytes=max(largest, protocol.MAX_HEADER_BYTES),
+        )
         server = ParameterServer(config, transport, data, events)
         log.info("server: listening on %s (pid %d)", transport.endpoint, os.getpid())
         events({"event": "listening", "endpoint": transport.endpoint, "total_steps": server.total_steps})
         server.run()
         transport.close(linger=5.0)  # let the STOP messages reach the workers
         transport = None
-        events({"event": "done"})
+        events({"event": "done", "workers": sorted(server.members)})  # the ones told to stop
     except (TimeoutError, ConnectionError, OSError, ValueError, RuntimeError, FloatingPointError) as e:
         print(f"server: error: {e}", file=sys.stderr, flush=True)
         return 1

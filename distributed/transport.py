@@ -7,16 +7,25 @@ same ParameterServer and Worker classes run over either transport.
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import zmq
 
-from .protocol import ProtocolError, decode
+from . import protocol
+from .config import JobConfig
+from .keys import Keys, allow_only
+from .protocol import Message, ProtocolError
 from .worker import Worker
 
 log = logging.getLogger("distributed.transport")
+
+HELLO_INTERVAL_S = 1.0  # a worker not yet welcomed says HELLO again this often
+CURVE_OVERHEAD = 64  # bytes CURVE adds to a frame: flags, nonce, MAC (33 in libzmq 4.3), rounded up
 
 
 def _nbytes(frames: Sequence[Any]) -> int:
@@ -24,16 +33,26 @@ def _nbytes(frames: Sequence[Any]) -> int:
 
 
 class ZmqServerTransport:
-    """The server's ROUTER socket; peers are ZeroMQ routing ids, one per worker connection."""
+    """The server's ROUTER socket; peers are ZeroMQ routing ids, one per worker connection.
+
+    CURVE encrypts every connection, and a ZAP handler admits only clients holding the job's
+    worker key: a peer without it never completes the handshake, so nothing it sends arrives.
+    """
 
     parallel = True  # workers compute at the same time
 
-    def __init__(self, bind: str = "tcp://127.0.0.1:*", max_message_bytes: int = -1) -> None:
+    def __init__(self, keys: Keys, bind: str = "tcp://127.0.0.1:*", max_message_bytes: int = -1) -> None:
         self.context = zmq.Context()
+        self.auth = allow_only(self.context, keys.peer_public)
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished peer is an error
-        self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)  # larger frames drop the peer
+        # larger frames drop the peer; the limit applies to the encrypted frame, a little longer
+        limit = max_message_bytes + CURVE_OVERHEAD if max_message_bytes >= 0 else -1
+        self.socket.setsockopt(zmq.MAXMSGSIZE, limit)
+        self.socket.curve_secretkey = keys.secret
+        self.socket.curve_publickey = keys.public
+        self.socket.curve_server = True
         try:
             self.socket.bind(bind)  # port * lets the OS pick a free one
         except zmq.ZMQError as e:
@@ -44,9 +63,9 @@ class ZmqServerTransport:
 
     def send(self, peer: bytes, frames: Sequence[Any]) -> None:
         # copy=False: zmq reads the arrays in place. The server changes its parameters only after
-        # every worker has answered this step, i.e. after these frames have been delivered.
+        # every live worker has answered this step, i.e. after these frames have been delivered.
         try:
-            self.socket.send_multipart([peer, *frames], copy=False)
+            self.socket.send_multipart([peer, *frames], copy=False, flags=zmq.NOBLOCK)
         except zmq.ZMQError as e:
             raise ConnectionError(f"cannot send to peer {peer.hex()}: {e}") from None
         self.sent_bytes += _nbytes(frames)
@@ -61,31 +80,107 @@ class ZmqServerTransport:
     def close(self, linger: float = 0.0) -> None:
         """Close the socket; messages still queued are sent for up to `linger` seconds."""
         self.socket.close(linger=int(linger * 1000))
+        self.auth.stop()
         self.context.term()
 
 
-def serve_worker(worker: Worker, endpoint: str, timeout: float) -> None:
-    """Run `worker` over a DEALER socket connected to the server until it is told to stop."""
+def serve_worker(worker: Worker, endpoint: str, keys: Keys, join_timeout: float) -> None:
+    """Run `worker` over a CURVE DEALER socket connected to the server until it is told to stop.
+
+    This thread only talks: it sends HELLO every second until welcomed (giving up after
+    `join_timeout`), then heartbeats, and notices a server silent for the job's --timeout, which
+    the welcome carries. The work (setup, gradients) runs on one compute thread. While a gradient
+    is being computed, a heartbeat goes out only if a micro-shard has finished since the last
+    one, so a compute that hangs goes silent like a dead process does.
+    """
+    timeout, interval = join_timeout, HELLO_INTERVAL_S
     context = zmq.Context()
     socket = context.socket(zmq.DEALER)
     socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.SNDTIMEO, int(join_timeout * 1000))  # a send that cannot be queued fails
+    socket.curve_secretkey = keys.secret
+    socket.curve_publickey = keys.public
+    socket.curve_serverkey = keys.peer_public
+    wake_r, wake_w = os.pipe()  # the compute thread's "done" reaches the poll below
+    poller = zmq.Poller()
+    poller.register(socket, zmq.POLLIN)
+    poller.register(wake_r, zmq.POLLIN)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="compute")
+    todo: deque[Message] = deque()
+    job: Future | None = None
+    computing = False  # the job is a gradient (not the setup)
+    welcomed = False
+
+    def send(frames: Sequence[Any]) -> None:
+        try:
+            socket.send_multipart(frames, copy=False)
+        except zmq.Again:
+            raise ConnectionError(f"cannot send to the server at {endpoint}: nothing leaves") from None
+
     try:
         socket.connect(endpoint)
-        socket.send_multipart(worker.hello())
+        heard = beat_due = time.monotonic()
+        beat_progress = -1
         while not worker.stopped:
-            if not socket.poll(int(timeout * 1000)):
-                raise TimeoutError(f"no message from the server at {endpoint} for {timeout:g} s")
-            frames = socket.recv_multipart(copy=False)
-            try:
-                reply = worker.handle(decode(frames))
-            except ProtocolError as e:
-                log.warning("worker %d: rejected a message from the server: %s", worker.rank, e)
-                continue
-            if reply is not None:
-                socket.send_multipart(reply, copy=False)
+            if job is not None and job.done():
+                reply, job = job.result(), None  # the compute thread's errors are raised here
+                if reply is not None:
+                    send(reply)
+            if job is None and todo:
+                msg = todo.popleft()
+                computing = msg.type == protocol.PARAMS
+                job = pool.submit(_handle, worker, msg)
+                job.add_done_callback(lambda _: os.write(wake_w, b"."))
+            now = time.monotonic()
+            if now >= beat_due:
+                if not welcomed:
+                    send(worker.hello())  # again and again: the rank may not be free yet
+                elif not (job is not None and computing and worker.progress == beat_progress):
+                    send(protocol.encode(protocol.HEARTBEAT, rank=worker.rank))
+                beat_progress, beat_due = worker.progress, now + interval
+            if now - heard > timeout:
+                state = "said anything" if welcomed else "welcomed this worker"
+                raise TimeoutError(
+                    f"the server at {endpoint} has not {state} for {timeout:g} s: it is gone or stuck"
+                )
+            wait = max(0.0, min(beat_due, heard + timeout) - now)
+            for ready, _ in poller.poll(wait * 1000 + 1):
+                if ready is socket:
+                    frames = socket.recv_multipart(copy=False)
+                    heard = time.monotonic()
+                    try:
+                        msg = protocol.decode(frames)
+                    except ProtocolError as e:
+                        log.warning("worker %d: rejected a message from the server: %s", worker.rank, e)
+                        continue
+                    if msg.type == protocol.WELCOME and not welcomed:
+                        try:  # from now on, the job's timeout, as the server counts it
+                            timeout = JobConfig.from_dict(msg["config"]).timeout
+                        except (TypeError, ValueError) as e:
+                            raise ProtocolError(f"bad job config from the server: {e}") from None
+                        interval = timeout / protocol.HEARTBEATS_PER_TIMEOUT
+                        welcomed = True
+                        todo.append(msg)
+                    elif msg.type == protocol.PARAMS:
+                        todo.append(msg)
+                    else:
+                        worker.handle(msg)  # HEARTBEAT, STOP: nothing to compute
+                else:
+                    os.read(wake_r, 4096)
     finally:
+        pool.shutdown(wait=False, cancel_futures=True)
         socket.close(linger=0)
         context.term()
+        os.close(wake_r)
+        os.close(wake_w)
+
+
+def _handle(worker: Worker, msg: Message) -> list | None:
+    try:
+        return worker.handle(msg)
+    except ProtocolError as e:
+        log.warning("worker %d: rejected a message from the server: %s", worker.rank, e)
+        return None
 
 
 class LocalTransport:
@@ -115,7 +210,7 @@ class LocalTransport:
             raise ConnectionError(f"no in-process worker {peer!r}")
         frames = [bytes(memoryview(f).cast("B")) for f in frames]
         self.sent_bytes += _nbytes(frames)
-        reply = self.workers[peer].handle(decode(frames))
+        reply = self.workers[peer].handle(protocol.decode(frames))
         if reply is not None:
             self._deliver_reply(peer, reply)
 

@@ -16,10 +16,10 @@ import numpy as np
 from numpy_cnn.data import MNIST, batch_indices, epoch_order, epoch_shifts, load, shift_images, to_float
 from numpy_cnn.loss import CrossEntropyLoss
 from numpy_cnn.models import build, input_shape
-from numpy_cnn.shards import cover, shard_bounds, tree_sum, worker_shards
+from numpy_cnn.shards import leaves_of, parse_nodes, shard_bounds, tree_sum, worker_shards
 from numpy_cnn.train import shard_gradient
 
-from . import protocol
+from . import keys, protocol
 from .config import JobConfig
 from .protocol import Message, ProtocolError
 
@@ -34,6 +34,8 @@ class Worker:
         self.data = data
         self.config: JobConfig | None = None
         self.stopped = False
+        self.stop_reason = ""
+        self.progress = 0  # micro-shards computed so far
         self._order: tuple[int, np.ndarray, np.ndarray] | None = None  # (epoch, permutation, shifts)
 
     def hello(self) -> list:
@@ -46,6 +48,8 @@ class Worker:
             return protocol.encode(protocol.READY, rank=self.rank)
         if msg.type == protocol.PARAMS:
             return self._step(msg)
+        if msg.type == protocol.HEARTBEAT:
+            return None
         if msg.type == protocol.STOP:
             log.info(
                 "worker %d: stopping (%s), peak resident memory %d MB",
@@ -54,6 +58,7 @@ class Worker:
                 peak_rss_mb(),
             )
             self.stopped = True
+            self.stop_reason = msg["reason"]
             return None
         raise ProtocolError(f"worker {self.rank} does not expect a {msg.type} message")
 
@@ -64,19 +69,17 @@ class Worker:
             config = JobConfig.from_dict(msg["config"])
         except (TypeError, ValueError) as e:
             raise ProtocolError(f"bad job config from the server: {e}") from None
-        self.config = config
         if self.data is None:
             self.data = load(config.dataset, config.data_dir)
         self.net = build(config.model, seed=config.seed, dtype=config.dtype)
         self.params = self.net.parameters
         self.shape = input_shape(config.model)
         self.loss = CrossEntropyLoss()
-        lo, hi = worker_shards(self.rank, config.workers, config.shards)
-        self.leaves = [(k, k + 1) for k in range(lo, hi)]
-        self.nodes = cover(lo, hi, config.shards)
-        # each micro-shard's backward writes straight into its own buffers: no copies
-        self.leaf_grads = {leaf: [np.zeros_like(p.data) for p in self.params] for leaf in self.leaves}
+        # each micro-shard's backward writes straight into its own buffers (made on first use)
+        self.leaf_grads: dict = {}
         self.scratch: dict = {}
+        self.config = config
+        lo, hi = worker_shards(self.rank, config.workers, config.shards)
         log.info(
             "worker %d: %s, micro-shards [%d, %d) of %d, pid %d",
             self.rank,
@@ -94,34 +97,40 @@ class Worker:
             a.shape != p.shape or a.dtype != p.dtype for a, p in zip(msg.arrays, self.params)
         ):
             raise ProtocolError("parameters do not match this worker's net")
+        try:
+            nodes = parse_nodes(msg["nodes"], self.config.shards)
+        except ValueError as e:
+            raise ProtocolError(str(e)) from None
         start = time.perf_counter()
         for p, a in zip(self.params, msg.arrays):
             p.data = a  # read-only view of the received frame; forward only reads weights
         idx, shifts = self._batch(msg["epoch"], msg["index"])
         bounds = shard_bounds(len(idx), self.config.shards)
-        loss_sum, correct, counts = 0.0, 0, {}
-        for leaf in self.leaves:
-            lo, hi = bounds[leaf[0]]
-            counts[leaf] = hi - lo
-            for p, g in zip(self.params, self.leaf_grads[leaf]):
+        loss_sum, correct = 0.0, 0
+        for k in leaves_of(nodes):
+            lo, hi = bounds[k]
+            grads = self.leaf_grads.get((k, k + 1))
+            if grads is None:
+                grads = self.leaf_grads[(k, k + 1)] = [np.zeros_like(p.data) for p in self.params]
+            for p, g in zip(self.params, grads):
                 p.grad = g  # backward writes straight into this shard's buffers
             images = shift_images(self.data.train.images[idx[lo:hi]], shifts[lo:hi], self.config.n_shift)
             y = self.data.train.labels[idx[lo:hi]]
             loss, right = shard_gradient(self.net, self.loss, to_float(images, self.shape), y, len(idx))
             loss_sum += loss
             correct += right
+            self.progress += 1  # heartbeats go out only while this number moves (see transport)
         arrays = []
-        for node in self.nodes:
+        for node in nodes:
             arrays.extend(tree_sum(node, self.leaf_grads, self.scratch))
-        node_counts = [sum(counts[(k, k + 1)] for k in range(*node)) for node in self.nodes]
         return protocol.encode(
             protocol.GRADS,
             arrays,
             step=msg["step"],
             version=msg["version"],
             rank=self.rank,
-            nodes=[list(n) for n in self.nodes],
-            counts=node_counts,
+            nodes=[list(n) for n in nodes],
+            counts=[bounds[hi - 1][1] - bounds[lo][0] for lo, hi in nodes],
             loss=loss_sum,
             correct=correct,
             compute_s=time.perf_counter() - start,
@@ -157,10 +166,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connect", required=True, help="the server's endpoint, e.g. tcp://127.0.0.1:5555")
     parser.add_argument("--rank", type=int, required=True, help="this worker's rank, 0 .. workers-1")
     parser.add_argument(
-        "--timeout",
+        "--join-timeout",
         type=float,
-        default=60.0,
-        help="give up when the server says nothing for this many seconds (default: %(default)s)",
+        default=120.0,
+        help="give up when the server has not welcomed this worker after this many seconds; once "
+        "welcomed, the job's --timeout applies (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--keys",
+        required=True,
+        help="folder with worker.key_secret and server.key (written by `launch keygen`)",
     )
     parser.add_argument(
         "--watch-stdin",
@@ -179,13 +194,22 @@ def main(argv: list[str] | None = None) -> int:
         exit_when_stdin_closes(f"worker {args.rank}")
     # one BLAS thread: deterministic bits, and N workers share the cores without oversubscribing
     threadpool_limits(1)
+    worker = Worker(args.rank)
     try:
-        serve_worker(Worker(args.rank), args.connect, args.timeout)
-    except (TimeoutError, ConnectionError, ProtocolError, OSError) as e:
+        serve_worker(
+            worker,
+            args.connect,
+            keys.read(args.keys, keys.WORKER),
+            args.join_timeout,
+        )
+    except (TimeoutError, ConnectionError, ProtocolError, OSError, ValueError) as e:
         print(f"worker {args.rank}: error: {e}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
         return 130
+    if worker.stop_reason.startswith("dropped"):
+        print(f"worker {args.rank}: error: the server {worker.stop_reason}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

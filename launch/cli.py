@@ -7,9 +7,10 @@ import json
 import logging
 import sys
 
-from distributed.config import JobConfig
+from distributed import keys
+from distributed.config import FAILURE_POLICIES, JobConfig
 from distributed.protocol import ProtocolError
-from numpy_cnn.train import add_arguments, parse_config, positive_float, positive_int
+from numpy_cnn.train import add_arguments, non_negative_int, parse_config, positive_float, positive_int
 
 from .progress import Progress
 from .supervisor import Job
@@ -22,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         "holds the weights and runs Adam, N worker processes compute gradients on their micro-shards "
         "of each batch, and they talk over ZeroMQ on 127.0.0.1. Any number of workers gives the "
         "same weights, bit for bit.",
-        epilog="example: launch --workers 4 conv-net",
+        epilog="examples: launch --workers 4 conv-net; launch keygen DIR writes CURVE keys for a "
+        "job that spans machines (see the README)",
     )
     add_arguments(
         parser,
@@ -42,27 +44,98 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the server and the workers in this process, one after the other (for pdb and print); "
         "same weights as the multiprocess run",
     )
+    group = parser.add_argument_group("failures")
     group.add_argument(
         "--timeout",
         type=positive_float,
-        default=60.0,
-        help="seconds the server waits for a step's gradients and a worker for the server "
-        "(default: %(default)s)",
+        default=5.0,
+        help="seconds of silence after which a worker, or the server, counts as dead; heartbeats go "
+        "out five times as often. Must exceed one micro-shard's forward and backward (default: %(default)s)",
+    )
+    group.add_argument(
+        "--join-timeout",
+        type=positive_float,
+        default=120.0,
+        help="seconds the server waits for workers to connect and load the data, at the start and "
+        "when every worker is gone (default: %(default)s)",
+    )
+    group.add_argument(
+        "--on-worker-failure",
+        choices=FAILURE_POLICIES,
+        default="reassign",
+        help="reassign: give a dead worker's micro-shards to the others (same weights, bit for bit) "
+        "and restart it; abort: stop the job with exit code 1 (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-restarts",
+        type=non_negative_int,
+        default=3,
+        help="dead workers restarted in all; after that the others carry on (default: %(default)s)",
+    )
+    group = parser.add_argument_group("network")
+    group.add_argument(
+        "--bind",
+        default="tcp://127.0.0.1:*",
+        help="the server's ZeroMQ endpoint; * picks a free port (default: %(default)s)",
+    )
+    group.add_argument(
+        "--keys",
+        metavar="DIR",
+        default=None,
+        help="CURVE keys from `launch keygen DIR`, for workers on other machines "
+        "(default: a fresh set for this job, deleted at the end)",
+    )
+    group.add_argument(
+        "--local-workers",
+        type=non_negative_int,
+        default=None,
+        help="start ranks 0 .. N-1 here and wait for the others to connect from elsewhere with "
+        "`python -m distributed.worker` (default: all of --workers)",
     )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["keygen"]:
+        return keygen(argv[1:])
     parser = build_parser()
     config, args = parse_config(parser, argv, JobConfig)
     try:
         config.check()
     except ValueError as e:
         parser.error(str(e))
+    if args.local_workers is not None and args.local_workers > config.workers:
+        parser.error(f"--local-workers {args.local_workers} is more than --workers {config.workers}")
+    if args.keys is not None:
+        try:
+            keys.read(args.keys, keys.SERVER)
+            keys.read(args.keys, keys.WORKER)
+        except ValueError as e:
+            parser.error(f"--keys: {e}")
     print("config " + json.dumps(config.to_dict()), flush=True)
     if args.single_process:
         return run_single_process(config)
-    return Job(config).run()
+    local = config.workers if args.local_workers is None else args.local_workers
+    return Job(config, bind=args.bind, keys_dir=args.keys, local_workers=local).run()
+
+
+def keygen(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="launch keygen",
+        description="Write a job's CURVE keys: server.key(_secret) and worker.key(_secret). The "
+        "server's machine needs server.key_secret and worker.key; each worker's machine needs "
+        "worker.key_secret and server.key. Anyone holding worker.key_secret can join the job.",
+    )
+    parser.add_argument("dir", help="folder to write the four files into (created; never overwritten)")
+    args = parser.parse_args(argv)
+    try:
+        folder = keys.write(args.dir)
+    except (FileExistsError, OSError) as e:
+        print(f"launch keygen: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {', '.join(keys.FILES)} to {folder}")
+    return 0
 
 
 def run_single_process(config: JobConfig) -> int:

@@ -17,6 +17,7 @@ import threading
 import time
 
 from distributed.config import JobConfig
+from distributed.keys import TemporaryKeys
 
 from .progress import Progress
 
@@ -64,13 +65,31 @@ class Terminated(Exception):
 
 
 class Job:
-    """Runs one job: the server first, the workers once it listens; returns the exit code."""
+    """Runs one job: the server first, the workers once it listens; returns the exit code.
 
-    def __init__(self, config: JobConfig, progress: Progress | None = None) -> None:
+    A worker that dies (or that the server drops as silent, which the launcher then kills) is
+    started again with the same rank, up to --max-restarts times in all; the server meanwhile
+    gives its micro-shards to the others. With --on-worker-failure abort, any death ends the job.
+    """
+
+    def __init__(
+        self,
+        config: JobConfig,
+        progress: Progress | None = None,
+        bind: str = "tcp://127.0.0.1:*",
+        keys_dir: str | None = None,
+        local_workers: int | None = None,
+    ) -> None:
         self.config = config
         self.progress = progress or Progress()
         self.children: list[Child] = []
         self.events: queue.Queue[dict] = queue.Queue()
+        self.bind = bind
+        self.keys_dir = keys_dir
+        self.local_workers = config.workers if local_workers is None else local_workers
+        self.workers: dict[int, Child] = {}  # rank -> its newest process
+        self.endpoint = ""
+        self.restarts = 0
 
     def say(self, message: str) -> None:
         self.progress.write(f"launch: {message}")
@@ -78,7 +97,11 @@ class Job:
     def run(self) -> int:
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
-            return self._run()
+            if self.keys_dir is not None:
+                return self._run()
+            with TemporaryKeys() as folder:  # a fresh key set, only for this job
+                self.keys_dir = str(folder)
+                return self._run()
         except KeyboardInterrupt:
             self.say("interrupted; stopping every process")
             return 130
@@ -121,6 +144,10 @@ class Job:
                     json.dumps(self.config.to_dict()),
                     "--events-fd",
                     str(write_fd),
+                    "--bind",
+                    self.bind,
+                    "--keys",
+                    str(self.keys_dir),
                 ],
                 pass_fds=(write_fd,),
             )
@@ -128,7 +155,7 @@ class Job:
             os.close(write_fd)
         reader = threading.Thread(target=self._read_events, args=(read_fd,), daemon=True)
         reader.start()
-        done = False
+        done: dict | None = None  # the server's "done" event
         while True:
             try:
                 event = self.events.get(timeout=0.1)
@@ -138,43 +165,78 @@ class Job:
                 kind = event.get("event")
                 if kind == "listening":
                     self.progress.start(int(event.get("total_steps", 0)))
-                    self._start_workers(str(event.get("endpoint")))
+                    self.endpoint = str(event.get("endpoint"))
+                    for rank in range(self.local_workers):
+                        self._start_worker(rank)
+                elif kind == "worker_lost":
+                    self._kill_lost(event.get("rank"), event.get("pid"))
                 elif kind == "done":
-                    done = True
+                    done = event
                 else:
                     self.progress.event(event)
-            for child in self.children:
-                if child.process.poll() is None or child.process.returncode == 0 and child is not server:
+            if server.process.poll() is not None:
+                if server.process.returncode != 0:
+                    return self._fail(server)
+                reader.join(timeout=2.0)  # the pipe is closed now: take its last events
+                while not self.events.empty():
+                    event = self.events.get()
+                    done = event if event.get("event") == "done" else done
+                return self._finish(done)
+            for rank, child in list(self.workers.items()):
+                rc = child.process.poll()
+                if rc is None or rc == 0:  # 0: told to stop by the server
                     continue
-                if child is server and server.process.returncode == 0:
-                    reader.join(timeout=2.0)  # the pipe is closed now: take its last events
-                    while not self.events.empty():
-                        done = done or self.events.get().get("event") == "done"
-                    return self._finish(done)
-                return self._fail(child)
+                if self.config.on_worker_failure == "abort":
+                    return self._fail(child)
+                if not self._restart(rank, child):
+                    return self._fail(child, "and every other worker is gone too")
 
-    def _start_workers(self, endpoint: str) -> None:
+    def _kill_lost(self, rank, pid) -> None:
+        """The server dropped `rank`: if that process still runs, it is stuck; kill it."""
+        child = self.workers.get(rank) if isinstance(rank, int) else None
+        # the pid tells a stuck process from the restarted one that already replaced a dead one
+        if child is not None and child.pid == pid and child.process.poll() is None:
+            self.say(f"{child.name} (pid {child.pid}) stopped responding; killing it")
+            _signal_group(child, signal.SIGKILL)
+
+    def _restart(self, rank: int, child: Child) -> bool:
+        """Start `rank` again if restarts are left; False if no worker is left at all."""
+        del self.workers[rank]
+        what = f"{child.name} (pid {child.pid}) {child.describe_exit()}"
+        if self.restarts < self.config.max_restarts:
+            self.restarts += 1
+            self.say(f"{what}; restarting it ({self.restarts} of --max-restarts {self.config.max_restarts})")
+            self._start_worker(rank)
+            return True
+        self.say(f"{what}; no restarts left (--max-restarts {self.config.max_restarts}), the others carry on")
+        return bool(self.workers) or self.local_workers < self.config.workers
+
+    def _start_worker(self, rank: int) -> None:
         # one BLAS thread each, set before numpy loads; the worker pins it again with threadpoolctl
         one_thread = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        for rank in range(self.config.workers):
-            self._spawn(
-                f"worker {rank}",
-                [
-                    "distributed.worker",
-                    "--connect",
-                    endpoint,
-                    "--rank",
-                    str(rank),
-                    "--timeout",
-                    str(self.config.timeout),
-                ],
-                env_extra=one_thread,
-            )
+        self.workers[rank] = self._spawn(
+            f"worker {rank}",
+            [
+                "distributed.worker",
+                "--connect",
+                self.endpoint,
+                "--rank",
+                str(rank),
+                "--join-timeout",
+                str(self.config.join_timeout),
+                "--keys",
+                str(self.keys_dir),
+            ],
+            env_extra=one_thread,
+        )
 
-    def _fail(self, child: Child) -> int:
+    def _fail(self, child: Child, more: str = "") -> int:
+        what = f"{child.name} {child.describe_exit()}" + (f" {more}" if more else "")
+        if child is not self.children[0] and self.config.on_worker_failure == "abort":
+            what += " (--on-worker-failure abort)"
         self.say(f"{child.name} (pid {child.pid}) {child.describe_exit()}; stopping the job")
         self.stop_all()
-        print(f"launch: error: {child.name} {child.describe_exit()}", file=sys.stderr, flush=True)
+        print(f"launch: error: {what}", file=sys.stderr, flush=True)
         if self.config.checkpoint_dir:
             print(
                 f"launch: to continue, run the same command with --resume {self.config.checkpoint_dir}",
@@ -183,18 +245,23 @@ class Job:
             )
         return 1
 
-    def _finish(self, done: bool) -> int:
-        if not done:
+    def _finish(self, done: dict | None) -> int:
+        if done is None:
             print("launch: error: the server exited before finishing", file=sys.stderr, flush=True)
             return 1
+        # the server told its registered workers to stop; a restarted one still joining was not
+        told = set(done.get("workers", []))
+        for rank, child in self.workers.items():
+            if rank not in told:
+                _signal_group(child, signal.SIGTERM)
         deadline = time.monotonic() + FINISH_GRACE_S
-        for child in self.children:
+        for rank, child in self.workers.items():
             try:
                 child.process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 print(f"launch: error: {child.name} did not exit after the job finished", file=sys.stderr)
                 return 1
-            if child.process.returncode != 0:
+            if child.process.returncode != 0 and rank in told:
                 return self._fail(child)
         for child in self.children:
             child.reader.join(timeout=2.0)

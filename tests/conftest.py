@@ -48,25 +48,51 @@ def mnist_dir() -> Path:
     return cache_dir("mnist")
 
 
+@pytest.fixture(scope="session")
+def job_keys(tmp_path_factory) -> Path:
+    """A folder of CURVE keys, as `launch keygen` writes them."""
+    from distributed import keys
+
+    return keys.write(tmp_path_factory.mktemp("keys") / "job")
+
+
 @pytest.fixture
-def spawn_workers():
+def server_transport(job_keys):
+    """make(**kwargs) -> a ZmqServerTransport holding the job's server keys; closed after the test."""
+    from distributed import keys
+    from distributed.transport import ZmqServerTransport
+
+    made = []
+
+    def make(**kwargs):
+        made.append(ZmqServerTransport(keys.read(job_keys, keys.SERVER), **kwargs))
+        return made[-1]
+
+    yield make
+    for transport in made:
+        if not transport.socket.closed:
+            transport.close()
+
+
+@pytest.fixture
+def spawn_workers(job_keys):
     """start(endpoint, n) -> n real worker processes; all are killed and reaped after the test."""
     started: list[subprocess.Popen] = []
 
-    def start(endpoint: str, n: int, timeout: float = 30.0) -> list[subprocess.Popen]:
-        for rank in range(n):
-            argv = ["-m", "distributed.worker", "--connect", endpoint, "--rank", str(rank), "--timeout"]
+    def start(endpoint: str, n: int, ranks=None) -> list[subprocess.Popen]:
+        for rank in range(n) if ranks is None else ranks:
+            argv = ["-m", "distributed.worker", "--connect", endpoint, "--rank", str(rank)]
             started.append(
                 subprocess.Popen(
                     # --watch-stdin: if this test process dies, its workers exit too
-                    [sys.executable, *argv, str(timeout), "--watch-stdin"],
+                    [sys.executable, *argv, "--keys", str(job_keys), "--join-timeout", "30", "--watch-stdin"],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
                     env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
                 )
             )
-        return started[-n:]
+        return started[-n:] if ranks is None else started[-len(ranks) :]
 
     yield start
     for p in started:

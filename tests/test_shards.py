@@ -5,7 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from numpy_cnn.shards import children, cover, shard_bounds, tree_sum, worker_shards
+from numpy_cnn.shards import (
+    children,
+    cover,
+    leaves_of,
+    parse_nodes,
+    plan,
+    shard_bounds,
+    share,
+    tree_sum,
+    worker_shards,
+)
 
 
 @pytest.mark.parametrize("n,shards", [(64, 4), (50, 4), (3, 4), (1, 1), (32, 8), (7, 3)])
@@ -87,3 +97,19 @@ def test_tree_sum_reuses_its_buffers_and_reports_a_missing_shard():
     del leaves[(2, 3)]
     with pytest.raises(KeyError, match="shard 2"):
         tree_sum((0, 4), leaves, {})
+
+
+def test_plan_and_share_keep_every_shard_exactly_once():
+    for workers, shards in [(2, 4), (4, 4), (4, 8), (3, 6)]:
+        for alive in ([0], [1, 2][: workers - 1], list(range(workers)), [workers - 1]):
+            work = plan(alive, workers, shards)
+            assert sorted(work) == sorted(alive)
+            assert leaves_of([n for nodes in work.values() for n in nodes]) == list(range(shards))
+            for nodes in work.values():
+                parse_nodes([list(n) for n in nodes], shards)  # each is a node of the tree
+    assert share([(0, 2), (2, 4)], [5, 6], 4) == {5: [(0, 2)], 6: [(2, 4)]}
+    assert share([(0, 4)], [1, 2, 3], 8) == {1: [(0, 2)], 2: [(2, 3)], 3: [(3, 4)]}
+    for bad in ([[1, 3]], [[0, 2], [1, 2]], [[0, 5]], [], [[0, True]], "0-2"):
+        with pytest.raises(ValueError):
+            parse_nodes(bad, 4)
+    assert np.array_equal(leaves_of([(2, 4), (0, 1)]), [0, 2, 3])

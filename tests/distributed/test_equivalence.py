@@ -12,7 +12,7 @@ from conftest import assert_close
 
 from distributed.config import JobConfig
 from distributed.server import EpochStats, ParameterServer
-from distributed.transport import LocalTransport, ZmqServerTransport
+from distributed.transport import LocalTransport
 from distributed.worker import Worker
 from numpy_cnn.data import batches, load, steps_per_epoch
 from numpy_cnn.loss import CrossEntropyLoss
@@ -60,10 +60,10 @@ def combined_gradient(server: ParameterServer, epoch: int, index: int) -> list[n
 @pytest.mark.parametrize("model", ["fc-net", "conv-net"])
 @pytest.mark.parametrize("workers", [1, 2, 4])
 def test_workers_over_zeromq_give_the_full_batch_gradient(
-    mnist, mnist_dir, spawn_workers, model, workers, dtype
+    mnist, mnist_dir, spawn_workers, server_transport, model, workers, dtype
 ):
     config = JobConfig(model, workers=workers, shards=4, dtype=dtype, seed=1, data_dir=str(mnist_dir))
-    transport = ZmqServerTransport()
+    transport = server_transport()
     try:
         server = ParameterServer(config, transport, mnist)
         processes = spawn_workers(transport.endpoint, workers)
@@ -96,12 +96,12 @@ def test_uneven_and_short_batches_are_exact_too(mnist, workers, batch_size, last
         assert_close(got, want, rtol=RTOL["float64"])
 
 
-def test_in_process_and_zeromq_workers_give_the_same_bits(mnist, mnist_dir, spawn_workers):
+def test_in_process_and_zeromq_workers_give_the_same_bits(mnist, mnist_dir, spawn_workers, server_transport):
     config = JobConfig("conv-net", workers=2, data_dir=str(mnist_dir))
     local = combined_gradient(
         ParameterServer(config, LocalTransport([Worker(r, mnist) for r in range(2)]), mnist), 1, 7
     )
-    transport = ZmqServerTransport()
+    transport = server_transport()
     try:
         server = ParameterServer(config, transport, mnist)
         spawn_workers(transport.endpoint, 2)

@@ -15,17 +15,17 @@ import numpy as np
 import pytest
 import zmq
 
-from distributed import protocol
+from distributed import keys, protocol
 from distributed.config import JobConfig
 from distributed.server import ParameterServer
-from distributed.transport import LocalTransport, ZmqServerTransport
+from distributed.transport import LocalTransport
 from distributed.worker import Worker
 from numpy_cnn.data import load
 
 
 def malformed(rng: np.random.Generator, params: list[np.ndarray], step: int) -> list[bytes]:
     """One hostile message, of a kind picked at random."""
-    kind = rng.integers(14) if rng.random() < 0.01 else rng.integers(13)  # 13 (oversized) drops the link
+    kind = rng.integers(16) if rng.random() < 0.01 else rng.integers(15)  # 15 (oversized) drops the link
     grads = [p.astype(p.dtype) for p in params]
     fields = {
         "step": step,
@@ -42,9 +42,9 @@ def malformed(rng: np.random.Generator, params: list[np.ndarray], step: int) -> 
     if kind == 1:  # valid msgpack, not a map
         return [msgpack.packb([1, "grads", None])]
     if kind == 2:  # wrong protocol version
-        return [msgpack.packb({"v": 99, "type": "grads", "arrays": [], **fields})]
+        return [msgpack.packb({"v": protocol.VERSION - 1, "type": "grads", "arrays": [], **fields})]
     if kind == 3:  # unknown type
-        return [msgpack.packb({"v": 1, "type": "shutdown", "arrays": []})]
+        return [msgpack.packb({"v": protocol.VERSION, "type": "shutdown", "arrays": []})]
     if kind == 4:  # a well-formed gradient from a peer that never registered (stale, current, future)
         fields["step"] = fields["version"] = step + int(rng.integers(-2, 3))
         return protocol.encode(protocol.GRADS, grads, **fields)
@@ -60,7 +60,7 @@ def malformed(rng: np.random.Generator, params: list[np.ndarray], step: int) -> 
         frames = protocol.encode(protocol.GRADS, grads, **fields)
         return [frames[0], *(bytes(memoryview(f).cast("B"))[: memoryview(f).nbytes // 2] for f in frames[1:])]
     if kind == 9:  # a huge declared size
-        header = {"v": 1, "type": "grads", **fields, "arrays": [["<f4", [1 << 30, 1 << 30]]]}
+        header = {"v": protocol.VERSION, "type": "grads", **fields, "arrays": [["<f4", [1 << 30, 1 << 30]]]}
         return [msgpack.packb(header), b"\x00" * 16]
     if kind == 10:  # too many or too few frames
         frames = protocol.encode(protocol.GRADS, grads, **fields)
@@ -69,23 +69,43 @@ def malformed(rng: np.random.Generator, params: list[np.ndarray], step: int) -> 
         return protocol.encode(protocol.HELLO, rank=int(rng.choice([0, 1, 7, -1])), pid=1)
     if kind == 12:  # messages only the server may send
         return protocol.encode(protocol.STOP, reason="fuzz")
+    if kind == 13:  # speaking for a live worker: its heartbeat, its READY, its gradient, duplicated
+        return [
+            protocol.encode(protocol.HEARTBEAT, rank=int(rng.integers(2))),
+            protocol.encode(protocol.READY, rank=int(rng.integers(2))),
+            protocol.encode(protocol.GRADS, grads, **{**fields, "rank": int(rng.integers(2))}),
+        ][rng.integers(3)]
+    if kind == 14:  # malformed tree nodes: not a node, overlapping, out of range, not pairs
+        nodes = [[[1, 3]], [[0, 2], [0, 2]], [[0, 8]], [[0]], "0-2", []][rng.integers(6)]
+        frames = protocol.encode(protocol.GRADS, grads, **fields)
+        header = {**msgpack.unpackb(frames[0]), "nodes": nodes}  # encode itself would refuse "0-2"
+        return [msgpack.packb(header), *frames[1:]]
     # a frame over the server's maximum message size: the server drops this connection
-    return [msgpack.packb({"v": 1, "type": "ready", "rank": 0, "arrays": []}), b"\x00" * (1 << 20)]
+    return [
+        msgpack.packb({"v": protocol.VERSION, "type": "ready", "rank": 0, "arrays": []}),
+        b"\x00" * (1 << 20),
+    ]
 
 
-def fuzz(endpoint: str, server: ParameterServer, stop: threading.Event, sent: list[int]) -> None:
+def fuzz(endpoint: str, key_dir, server: ParameterServer, stop: threading.Event, sent: list[int]) -> None:
     rng = np.random.default_rng(0)
     params = [p.data.copy() for p in server.params]
+    held = keys.read(key_dir, keys.WORKER)  # the job's own worker key: a buggy or compromised peer
     context = zmq.Context()
+    sock = None
     try:
         while not stop.is_set() and server.step < 1:
-            time.sleep(0.01)  # registration is issue 5's to defend (keys); fuzz the training
+            # a key holder may claim a rank nobody holds yet (the key is what guards registration),
+            # so the hail starts once both workers are in; then every HELLO names a taken rank
+            time.sleep(0.01)
         # one socket throughout: when the server drops it for an oversized frame, it reconnects by
         # itself (closing sockets mid-message trips a libzmq 4.3 assertion in the closing process)
         sock = context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 100)
         sock.setsockopt(zmq.RECONNECT_IVL, 10)
+        sock.curve_secretkey, sock.curve_publickey = held.secret, held.public
+        sock.curve_serverkey = held.peer_public
         sock.connect(endpoint)
         while not stop.is_set():
             try:
@@ -96,21 +116,26 @@ def fuzz(endpoint: str, server: ParameterServer, stop: threading.Event, sent: li
             if sock.poll(0):
                 sock.recv_multipart()  # the server never answers a stranger; if it did, read it
                 sent[1] += 1
-        sock.close(linger=0)
     finally:
+        if sock is not None:
+            sock.close(linger=0)
         context.term()
 
 
-def test_server_survives_thousands_of_malformed_messages(mnist_dir, spawn_workers):
+def test_server_survives_thousands_of_malformed_messages(
+    mnist_dir, spawn_workers, server_transport, job_keys
+):
     data = load("mnist", str(mnist_dir))
     config = JobConfig("conv-net", workers=2, max_steps=300, epochs=1, data_dir=str(mnist_dir))
     largest = max(p.data.nbytes for p in ParameterServer(config, LocalTransport([]), data).params)
-    transport = ZmqServerTransport(max_message_bytes=max(largest, protocol.MAX_HEADER_BYTES))
+    transport = server_transport(max_message_bytes=max(largest, protocol.MAX_HEADER_BYTES))
     stop, sent = threading.Event(), [0, 0]
     try:
         server = ParameterServer(config, transport, data)
         spawn_workers(transport.endpoint, 2)
-        fuzzer = threading.Thread(target=fuzz, args=(transport.endpoint, server, stop, sent), daemon=True)
+        fuzzer = threading.Thread(
+            target=fuzz, args=(transport.endpoint, job_keys, server, stop, sent), daemon=True
+        )
         fuzzer.start()
         server.run()
     finally:

@@ -22,7 +22,7 @@ def _as_received(frames):
 
 def test_round_trip_without_copies():
     arrays = _params()
-    frames = encode(protocol.PARAMS, arrays, step=3, version=3, epoch=0, index=2)
+    frames = encode(protocol.PARAMS, arrays, step=3, version=3, epoch=0, index=2, nodes=[[0, 2]])
     assert frames[1] is arrays[0]  # the array itself is the frame: zmq sends it in place
     received = _as_received(frames)
     msg = decode(received)
@@ -39,7 +39,7 @@ def test_every_message_type_round_trips():
         protocol.HELLO: {"rank": 0, "pid": 1},
         protocol.WELCOME: {"rank": 1, "config": {"model": "fc-net"}},
         protocol.READY: {"rank": 1},
-        protocol.PARAMS: {"step": 0, "version": 0, "epoch": 0, "index": 0},
+        protocol.PARAMS: {"step": 0, "version": 0, "epoch": 0, "index": 0, "nodes": [[0, 1]]},
         protocol.GRADS: {
             "step": 1,
             "version": 1,
@@ -50,6 +50,7 @@ def test_every_message_type_round_trips():
             "correct": 3,
             "compute_s": 0.01,
         },
+        protocol.HEARTBEAT: {"rank": 2},
         protocol.STOP: {"reason": "done"},
     }
     assert set(samples) == set(protocol.SCHEMA)
@@ -72,7 +73,7 @@ GOOD = {"v": protocol.VERSION, "type": "ready", "rank": 0, "arrays": []}
         ([b"\xc1\x00garbage"], "not valid msgpack"),
         ([pickle.dumps({"v": 1, "type": "ready"})], "msgpack"),
         ([msgpack.packb([1, 2, 3])], "not a map"),
-        (_raw({**GOOD, "v": 2}), "protocol version 2"),
+        (_raw({**GOOD, "v": protocol.VERSION + 1}), f"protocol version {protocol.VERSION + 1}"),
         (_raw({**GOOD, "type": "shutdown"}), "unknown message type"),
         (_raw({k: v for k, v in GOOD.items() if k != "arrays"}), "no array list"),
         (_raw({k: v for k, v in GOOD.items() if k != "rank"}), "fields"),
@@ -97,15 +98,30 @@ def test_malformed_messages_are_rejected_with_a_reason(frames, reason):
 
 def test_non_finite_statistics_are_rejected():
     fields = {"step": 1, "version": 1, "rank": 0, "nodes": [[0, 1]], "counts": [1], "correct": 0}
-    header = {"v": 1, "type": "grads", **fields, "loss": float("nan"), "compute_s": 0.0, "arrays": []}
+    header = {
+        "v": protocol.VERSION,
+        "type": "grads",
+        **fields,
+        "loss": float("nan"),
+        "compute_s": 0.0,
+        "arrays": [],
+    }
     with pytest.raises(ProtocolError, match="loss is nan"):
         decode(_raw(header))
 
 
 def test_encode_refuses_arrays_it_cannot_send_as_they_are():
     with pytest.raises(TypeError):
-        encode(protocol.PARAMS, [np.ones((4, 4), np.float32)[:, ::2]], step=0, version=0, epoch=0, index=0)
+        encode(
+            protocol.PARAMS,
+            [np.ones((4, 4), np.float32)[:, ::2]],
+            step=0,
+            version=0,
+            epoch=0,
+            index=0,
+            nodes=[[0, 1]],
+        )
     with pytest.raises(TypeError):
-        encode(protocol.PARAMS, [np.ones(3, np.int64)], step=0, version=0, epoch=0, index=0)
+        encode(protocol.PARAMS, [np.ones(3, np.int64)], step=0, version=0, epoch=0, index=0, nodes=[[0, 1]])
     with pytest.raises(ProtocolError):
         encode(protocol.READY)

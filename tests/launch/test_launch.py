@@ -62,6 +62,7 @@ class Running:
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
+        self.searched = 0  # lines of `seen` that wait_for has looked at
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -69,21 +70,30 @@ class Running:
             self.lines.put(line.rstrip("\n"))
 
     def wait_for(self, pattern: str, timeout: float = 60) -> re.Match:
+        """The first line after the previous match that matches `pattern`."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            while self.searched < len(self.seen):
+                self.searched += 1
+                match = re.search(pattern, self.seen[self.searched - 1])
+                if match:
+                    return match
             try:
-                line = self.lines.get(timeout=0.1)
+                self.seen.append(self.lines.get(timeout=0.1))
             except queue.Empty:
                 continue
-            self.seen.append(line)
-            match = re.search(pattern, line)
-            if match:
-                return match
         raise AssertionError(f"no line matching {pattern!r} within {timeout} s:\n" + "\n".join(self.seen))
 
     def pids(self) -> dict[str, int]:
+        """Each child's newest pid, by name ("server", "worker 1")."""
+        return dict(self.started())
+
+    def started(self) -> list[tuple[str, int]]:
+        """Every child started so far, restarted workers included."""
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
         found = (re.search(r"launch: started (.+) \(pid (\d+)\)", line) for line in self.seen)
-        return {m[1]: int(m[2]) for m in found if m}
+        return [(m[1], int(m[2])) for m in found if m]
 
     def finish(self, timeout: float) -> int:
         rc = self.process.wait(timeout=timeout)
@@ -109,7 +119,7 @@ def running():
     yield start
     for job in jobs:
         job.kill()
-        for pid in wait_gone(list(job.pids().values()), timeout=10):
+        for pid in wait_gone([pid for _, pid in job.started()], timeout=10):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -174,14 +184,53 @@ def test_a_different_seed_gives_different_weights(mnist_dir, tmp_path):
     assert not same_bits(load_npz(paths[0]), load_npz(paths[1]))
 
 
-def test_a_killed_worker_stops_the_job_with_its_name(mnist_dir, running):
-    job = running(long_job(mnist_dir))
-    job.wait_for(r"\[worker 1\] worker 1: conv-net")
-    time.sleep(1.0)  # mid-step, most likely
+def wait_for_file(path: Path, job: Running, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline and job.process.poll() is None, f"no {path.name}"
+        time.sleep(0.01)
+
+
+def test_dead_and_stuck_workers_leave_the_weights_bitwise_unchanged(mnist_dir, tmp_path, running):
+    common = ["conv-net", "--workers", "2", "--max-steps", "1500", "--batch-size", "32"]
+    common += ["--data-dir", str(mnist_dir)]
+    reference = tmp_path / "reference.npz"
+    result = run([*LAUNCH, *common, "--single-process", "--save", str(reference)])
+    assert result.returncode == 0, result.stderr
+
+    out, ckdir = tmp_path / "out.npz", tmp_path / "ck"
+    args = ["--timeout", "2", "--max-restarts", "1", "--save", str(out)]
+    job = running([*common, *args, "--checkpoint-dir", str(ckdir), "--checkpoint-every", "50"])
+    wait_for_file(ckdir / "step-000000100.npz", job)  # mid-run
+    first = job.pids()
+    os.kill(first["worker 1"], signal.SIGKILL)  # a crash: its connection closes
+    job.wait_for(r"worker 1 \(pid \d+\) was killed by SIGKILL; restarting it \(1 of --max-restarts 1\)")
+    job.wait_for(r"takes over micro-shards \[\(2, 4\)\]")  # its work went to worker 0
+    job.wait_for(r"\[server\] server: worker 1 is ready")  # the restarted one is back
+    os.kill(first["worker 0"], signal.SIGSTOP)  # a hang: alive, connected, silent
+    job.wait_for(r"server: worker 0 sent nothing for 2 s \(no heartbeat\)")
+    job.wait_for(r"worker 0 \(pid \d+\) stopped responding; killing it")
+    job.wait_for(r"no restarts left \(--max-restarts 1\), the others carry on")
+    assert job.finish(timeout=120) == 0, "\n".join(job.seen)
+    assert same_bits(load_npz(out), load_npz(reference))
+    assert wait_gone([pid for _, pid in job.started()], timeout=5) == []
+
+
+@pytest.mark.parametrize("failure", ["killed", "stuck"])
+def test_on_worker_failure_abort_stops_the_job(mnist_dir, tmp_path, running, failure):
+    ckdir = tmp_path / "ck"
+    args = [*long_job(mnist_dir), "--on-worker-failure", "abort", "--timeout", "2"]
+    job = running([*args, "--checkpoint-dir", str(ckdir), "--checkpoint-every", "20"])
+    wait_for_file(ckdir / "step-000000020.npz", job)
     pids = job.pids()
-    os.kill(pids["worker 1"], signal.SIGKILL)
-    assert job.finish(timeout=15) == 1
-    assert any("worker 1 was killed by SIGKILL" in line for line in job.seen), job.seen
+    os.kill(pids["worker 1"], signal.SIGKILL if failure == "killed" else signal.SIGSTOP)
+    assert job.finish(timeout=20) == 1
+    if failure == "killed":  # the launcher sees the process die
+        expected = "launch: error: worker 1 was killed by SIGKILL (--on-worker-failure abort)"
+    else:  # the server sees the silence
+        expected = "worker 1 sent nothing for 2 s (no heartbeat) at step"
+    assert any(expected in line for line in job.seen), "\n".join(job.seen)
+    assert any(f"--resume {ckdir}" in line for line in job.seen)
     assert wait_gone(list(pids.values()), timeout=5) == []
 
 
@@ -222,6 +271,11 @@ def test_children_do_not_outlive_a_killed_launcher(mnist_dir, running):
         (["conv-net", "--lr", "-1"], "--lr: must be a positive number"),
         (["conv-net", "--save", "/nonexistent/dir/x.npz"], "does not exist or is not writable"),
         (["conv-net", "--frobnicate"], "unrecognized arguments"),
+        (["conv-net", "--on-worker-failure", "retry"], "invalid choice: 'retry'"),
+        (["conv-net", "--max-restarts", "-1"], "--max-restarts: must be"),
+        (["conv-net", "--timeout", "0"], "--timeout: must be a positive number"),
+        (["conv-net", "--local-workers", "3"], "--local-workers 3 is more than --workers 2"),
+        (["conv-net", "--keys", "/nonexistent"], "--keys: cannot read the server's keys"),
     ],
 )
 def test_bad_flags_exit_2_before_starting_anything(args, message):
