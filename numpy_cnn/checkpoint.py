@@ -66,6 +66,8 @@ def save(
     older = [f for f in sorted(directory.glob(f"{PREFIX}*{SUFFIX}")) if f.name < path.name]
     for old in older[: max(0, len(older) - (keep - 1))]:
         old.unlink()
+    for stale in directory.glob(".tmp-*.npz"):  # left by a writer killed mid-write (one writer per folder)
+        stale.unlink(missing_ok=True)
     return path
 
 

@@ -97,3 +97,44 @@ def test_resume_from_another_run_is_refused_with_exit_2(mnist_dir, tmp_path, cap
         main(["fc-net", "--checkpoint-dir", str(tmp_path), "--data-dir", str(mnist_dir)])
     assert e.value.code == 2
     assert "already holds checkpoints" in capsys.readouterr().err
+
+
+WRITER = """
+import sys
+import numpy as np
+from numpy_cnn import checkpoint
+
+folder = sys.argv[1]
+try:
+    step = checkpoint.latest(folder).meta["step"] + 1
+except checkpoint.CheckpointError:
+    step = 1
+big = np.arange(1 << 20, dtype=np.float32)  # 4 MB: a write takes long enough to be cut
+while True:
+    meta = {"config": {"model": "fc-net"}, "step": step, "epoch": 0, "index": step}
+    checkpoint.save(folder, meta, {"0.weight": big + step}, {"t": np.array(step)}, keep=3)
+    print(step, flush=True)
+    step += 1
+"""
+
+
+def test_a_writer_killed_at_random_moments_never_leaves_a_bad_newest_checkpoint(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    rng = np.random.default_rng(0)
+    last = 0
+    for _ in range(8):
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE)
+        assert writer.stdout.readline()  # at least one more checkpoint was written
+        time.sleep(rng.uniform(0.0, 0.3))
+        writer.kill()  # SIGKILL: wherever it is, mid-write or between writes
+        writer.wait(timeout=10)
+        writer.stdout.close()
+        ck = checkpoint.latest(tmp_path)  # reads and verifies every array's checksum
+        step = ck.meta["step"]
+        assert step > last
+        np.testing.assert_array_equal(ck.params["0.weight"], np.arange(1 << 20, dtype=np.float32) + step)
+        last = step
+    assert len(list(tmp_path.glob("step-*.npz"))) <= 4  # 3, or 4 if killed between rename and prune

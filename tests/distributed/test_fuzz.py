@@ -20,6 +20,7 @@ from distributed.config import JobConfig
 from distributed.server import ParameterServer
 from distributed.transport import LocalTransport
 from distributed.worker import Worker
+from numpy_cnn import checkpoint
 from numpy_cnn.data import load
 
 
@@ -153,7 +154,7 @@ def test_server_survives_thousands_of_malformed_messages(
         assert a.data.tobytes() == b.data.tobytes()
 
 
-def test_nan_gradients_from_a_worker_stop_the_run(mnist_dir):
+def test_nan_gradients_from_a_worker_stop_the_run(mnist_dir, tmp_path):
     data = load("mnist", str(mnist_dir))
 
     class Broken(Worker):
@@ -163,9 +164,20 @@ def test_nan_gradients_from_a_worker_stop_the_run(mnist_dir):
                 frames[1] = np.full_like(frames[1], np.nan)
             return frames
 
-    config = JobConfig("fc-net", workers=2, max_steps=10, data_dir=str(mnist_dir))
+    config = JobConfig(
+        "fc-net",
+        workers=2,
+        max_steps=10,
+        data_dir=str(mnist_dir),
+        checkpoint_dir=str(tmp_path),
+        checkpoint_every=1,
+    )
     server = ParameterServer(config, LocalTransport([Worker(0, data), Broken(1, data)]), data)
     with pytest.raises(FloatingPointError, match=r"step 3: worker\(s\) \[1\] sent non-finite gradients"):
         server.run()
     assert server.step == 3  # the bad gradient never reached Adam
     assert all(np.isfinite(p.data).all() for p in server.params)
+    good = checkpoint.latest(tmp_path)  # the last good checkpoint is intact: step 3, these weights
+    assert good.meta["step"] == 3
+    for name, p in server.net.named_parameters().items():
+        assert good.params[name].tobytes() == p.data.tobytes()
