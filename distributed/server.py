@@ -180,6 +180,13 @@ class ParameterServer:
         who = f"worker {rank}" if rank is not None else f"unknown peer {peer.hex()}"
         log.warning("server: rejected a message from %s: %s", who, reason)
 
+    def keep_alive(self) -> None:
+        """Heartbeats and liveness checks while the server is busy with something else."""
+        now = time.monotonic()
+        if now >= self.next_tick:
+            self.next_tick = now + self.interval
+            self._tick(now)
+
     def _tick(self, now: float) -> None:
         """Read what has queued up, drop silent workers, heartbeat the rest, check for stalls."""
         for _ in range(10_000):  # judge silence only on what has arrived (bounded: a flood waits)
@@ -434,7 +441,7 @@ class ParameterServer:
                     self.step,
                     stats.loss / max(stats.samples, 1),
                     stats.correct / max(stats.samples, 1),
-                    evaluate(self.net, self.data.test, self.shape),
+                    evaluate(self.net, self.data.test, self.shape, between=self.keep_alive),
                     seconds,
                     stats.samples,
                 )
@@ -511,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
             keys.read(args.keys, keys.SERVER),
             args.bind,
             max_message_bytes=max(largest, protocol.MAX_HEADER_BYTES),
+            io_threads=min(config.workers, os.cpu_count() or 1, 4),
         )
         server = ParameterServer(config, transport, data, events)
         log.info("server: listening on %s (pid %d)", transport.endpoint, os.getpid())

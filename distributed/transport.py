@@ -41,8 +41,15 @@ class ZmqServerTransport:
 
     parallel = True  # workers compute at the same time
 
-    def __init__(self, keys: Keys, bind: str = "tcp://127.0.0.1:*", max_message_bytes: int = -1) -> None:
-        self.context = zmq.Context()
+    def __init__(
+        self,
+        keys: Keys,
+        bind: str = "tcp://127.0.0.1:*",
+        max_message_bytes: int = -1,
+        io_threads: int = 1,
+    ) -> None:
+        # CURVE encrypts on the I/O threads, one connection each: more threads, more in parallel
+        self.context = zmq.Context(io_threads=io_threads)
         self.auth = allow_only(self.context, keys.peer_public)
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -82,6 +89,10 @@ class ZmqServerTransport:
         self.socket.close(linger=int(linger * 1000))
         self.auth.stop()
         self.context.term()
+
+
+class ServerSilent(TimeoutError):
+    """The server said nothing for the job's --timeout (or never welcomed this worker)."""
 
 
 def serve_worker(worker: Worker, endpoint: str, keys: Keys, join_timeout: float) -> None:
@@ -140,7 +151,7 @@ def serve_worker(worker: Worker, endpoint: str, keys: Keys, join_timeout: float)
                 beat_progress, beat_due = worker.progress, now + interval
             if now - heard > timeout:
                 state = "said anything" if welcomed else "welcomed this worker"
-                raise TimeoutError(
+                raise ServerSilent(
                     f"the server at {endpoint} has not {state} for {timeout:g} s: it is gone or stuck"
                 )
             wait = max(0.0, min(beat_due, heard + timeout) - now)

@@ -25,6 +25,8 @@ from .protocol import Message, ProtocolError
 
 log = logging.getLogger("distributed.worker")
 
+EXIT_SERVER_SILENT = 3  # the exit status that tells the launcher the server, not this worker, failed
+
 
 class Worker:
     """Rank, replica, and one gradient buffer set per owned micro-shard; built by WELCOME."""
@@ -188,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     from threadpoolctl import threadpool_limits
 
     from .lifeline import exit_when_stdin_closes
-    from .transport import serve_worker
+    from .transport import ServerSilent, serve_worker
 
     if args.watch_stdin:
         exit_when_stdin_closes(f"worker {args.rank}")
@@ -202,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
             keys.read(args.keys, keys.WORKER),
             args.join_timeout,
         )
+    except ServerSilent as e:
+        print(f"worker {args.rank}: error: {e}", file=sys.stderr, flush=True)
+        return EXIT_SERVER_SILENT
     except (TimeoutError, ConnectionError, ProtocolError, OSError, ValueError) as e:
         print(f"worker {args.rank}: error: {e}", file=sys.stderr, flush=True)
         return 1

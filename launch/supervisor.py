@@ -18,6 +18,7 @@ import time
 
 from distributed.config import JobConfig
 from distributed.keys import TemporaryKeys
+from distributed.worker import EXIT_SERVER_SILENT
 
 from .progress import Progress
 
@@ -52,7 +53,9 @@ class Child:
 
     def describe_exit(self) -> str:
         rc = self.process.returncode
-        if rc is not None and rc < 0:
+        if rc is None:
+            return "stopped responding"
+        if rc < 0:
             try:
                 return f"was killed by {signal.Signals(-rc).name}"
             except ValueError:
@@ -186,6 +189,9 @@ class Job:
                 rc = child.process.poll()
                 if rc is None or rc == 0:  # 0: told to stop by the server
                     continue
+                if rc == EXIT_SERVER_SILENT and server.process.poll() is None:
+                    # the worker is fine; the server is alive but stuck: no restart can help
+                    return self._fail(server, f"(worker {rank} heard nothing from it for --timeout)")
                 if self.config.on_worker_failure == "abort":
                     return self._fail(child)
                 if not self._restart(rank, child):

@@ -9,6 +9,7 @@ import zmq
 from distributed import keys, protocol
 from distributed.config import JobConfig
 from distributed.server import ParameterServer
+from distributed.worker import EXIT_SERVER_SILENT
 from numpy_cnn.data import load
 
 
@@ -22,7 +23,7 @@ def test_workers_notice_a_dead_server_within_the_timeout(mnist_dir, spawn_worker
     transport.close()  # the server's socket is gone, as when its process is killed: no more heartbeats
     gone = time.monotonic()
     for p in workers:
-        assert p.wait(timeout=10) == 1
+        assert p.wait(timeout=10) == EXIT_SERVER_SILENT
         assert time.monotonic() - gone < config.timeout + 2.0
         out = p.stdout.read().decode()
         assert "has not said anything for 1 s: it is gone or stuck" in out, out

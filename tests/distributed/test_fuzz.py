@@ -181,3 +181,29 @@ def test_nan_gradients_from_a_worker_stop_the_run(mnist_dir, tmp_path):
     assert good.meta["step"] == 3
     for name, p in server.net.named_parameters().items():
         assert good.params[name].tobytes() == p.data.tobytes()
+
+
+def test_duplicated_and_replayed_answers_from_real_workers_are_dropped(mnist_dir):
+    """Every worker message arrives twice, and last step's gradients come again: same weights."""
+    data = load("mnist", str(mnist_dir))
+
+    class Echo(LocalTransport):
+        def __init__(self, workers):
+            self.previous: list = []
+            super().__init__(workers)
+
+        def _deliver_reply(self, peer, frames):
+            super()._deliver_reply(peer, frames)
+            super()._deliver_reply(peer, frames)  # a duplicate
+            if self.previous:  # and a replay of an older message from the same connection
+                super()._deliver_reply(*self.previous.pop())
+            self.previous.append((peer, frames))
+
+    config = JobConfig("fc-net", workers=2, max_steps=6, data_dir=str(mnist_dir))
+    server = ParameterServer(config, Echo([Worker(r, data) for r in range(2)]), data)
+    server.run()
+    assert server.rejected >= 2 * 6
+    clean = ParameterServer(config, LocalTransport([Worker(r, data) for r in range(2)]), data)
+    clean.run()
+    for a, b in zip(server.params, clean.params):
+        assert a.data.tobytes() == b.data.tobytes()

@@ -234,13 +234,21 @@ def test_on_worker_failure_abort_stops_the_job(mnist_dir, tmp_path, running, fai
     assert wait_gone(list(pids.values()), timeout=5) == []
 
 
-def test_a_dead_server_stops_the_workers(mnist_dir, running):
-    job = running(long_job(mnist_dir))
-    job.wait_for(r"\[worker 1\] worker 1: conv-net")
+@pytest.mark.parametrize("failure", ["killed", "stuck"])
+def test_a_dead_or_stuck_server_stops_the_job(mnist_dir, running, failure):
+    job = running([*long_job(mnist_dir), "--timeout", "2"])
+    job.wait_for(r"\[server\] server: worker 1 is ready")
     pids = job.pids()
-    os.kill(pids["server"], signal.SIGKILL)
-    assert job.finish(timeout=15) == 1
-    assert any("error: server was killed by SIGKILL" in line for line in job.seen), job.seen
+    os.kill(pids["server"], signal.SIGKILL if failure == "killed" else signal.SIGSTOP)
+    start = time.monotonic()
+    assert job.finish(timeout=20) == 1
+    if failure == "killed":  # the launcher sees it exit
+        expected = "launch: error: server was killed by SIGKILL"
+    else:  # its workers hear nothing for --timeout, and say so
+        expected = "launch: error: server stopped responding (worker"
+        assert any("has not said anything for 2 s: it is gone or stuck" in line for line in job.seen)
+        assert time.monotonic() - start < 2 + 3 + 5  # timeout, SIGTERM grace, slack
+    assert any(expected in line for line in job.seen), "\n".join(job.seen)
     assert wait_gone(list(pids.values()), timeout=5) == []
 
 
