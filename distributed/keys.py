@@ -48,9 +48,12 @@ def write(directory: str | os.PathLike) -> Path:
     if existing:
         raise FileExistsError(f"{folder} already holds {', '.join(existing)}")
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for role in (SERVER, WORKER):
-        public, secret = zmq.auth.create_certificates(folder, role)
-        os.chmod(secret, 0o600)
+    umask = os.umask(0o077)  # the secret files are never readable by others, not even briefly
+    try:
+        for role in (SERVER, WORKER):
+            zmq.auth.create_certificates(folder, role)
+    finally:
+        os.umask(umask)
     return folder
 
 
