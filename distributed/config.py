@@ -38,6 +38,11 @@ class JobConfig(Config):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
         if not (self.timeout > 0 and self.join_timeout > 0):
             raise ValueError(f"timeouts must be positive, got {self.timeout}, {self.join_timeout}")
+        if self.join_timeout < self.timeout:
+            raise ValueError(
+                f"--join-timeout {self.join_timeout:g} is shorter than --timeout {self.timeout:g}: a "
+                "restarted worker could give up before the server has dropped the one it replaces"
+            )
         if self.on_worker_failure not in FAILURE_POLICIES:
             raise ValueError(
                 f"--on-worker-failure must be one of {', '.join(FAILURE_POLICIES)}, "

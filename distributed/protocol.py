@@ -48,7 +48,7 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
         "correct": int,
         "compute_s": float,
     },
-    HEARTBEAT: {"rank": int},
+    HEARTBEAT: {"rank": int, "answered": int},  # answered: PARAMS the worker has finished with
     STOP: {"reason": str},
 }
 DTYPES = {np.dtype(np.float32).str: np.float32, np.dtype(np.float64).str: np.float64}

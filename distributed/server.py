@@ -69,6 +69,7 @@ class Member:
     pid: int  # as it says: for the launcher, which kills a stuck worker by pid
     heard: float
     ready: bool = False
+    asked: int = 0  # PARAMS messages sent to it
 
 
 class WorkerLost(RuntimeError):
@@ -160,19 +161,31 @@ class ParameterServer:
                 self._accept(msg)
             else:
                 self._reject(peer, reason)
+        elif msg.type not in (protocol.READY, protocol.HEARTBEAT):
+            self._reject(peer, f"unexpected {msg.type} message")
         elif rank is None:
             self._reject(peer, f"{msg.type} message from a peer that is not a registered worker")
         elif msg["rank"] != rank:
             self._reject(peer, f"claims rank {msg['rank']} on the connection of rank {rank}")
-        elif msg.type == protocol.READY and not self.members[rank].ready:
+        elif msg.type == protocol.HEARTBEAT:
+            self._heartbeat(rank, msg["answered"])
+        elif not self.members[rank].ready:
             self.members[rank].ready = True
             self.stalled_since = None
             log.info("server: worker %d is ready", rank)
             orphans = [node for node, owner in self.pending.items() if owner is None]
             if orphans:
                 self._hand_out(orphans, [rank])
-        elif msg.type != protocol.HEARTBEAT:
-            self._reject(peer, f"unexpected {msg.type} message")
+        else:
+            self._reject(peer, "a second READY")
+
+    def _heartbeat(self, rank: int, answered: int) -> None:
+        """A worker that has answered every PARAMS it was sent but still owes nodes never will."""
+        member = self.members[rank]
+        owed = [node for node, owner in self.pending.items() if owner == rank]
+        # one connection delivers in order: its answers to those PARAMS arrived before this
+        if owed and answered >= member.asked:
+            self._lose(rank, f"answered all its work but still owes micro-shards {owed} (answers rejected)")
 
     def _reject(self, peer: bytes, reason: str) -> None:
         self.rejected += 1
@@ -200,13 +213,15 @@ class ParameterServer:
                     self._lose(rank, f"sent nothing for {self.config.timeout:g} s (no heartbeat)")
         for rank in list(self.members):
             if rank in self.members:
-                self._send(rank, protocol.encode(protocol.HEARTBEAT, rank=rank))
+                self._send(rank, protocol.encode(protocol.HEARTBEAT, rank=rank, answered=0))
         if self.stalled_since is not None and now - self.stalled_since > self.config.join_timeout:
             raise TimeoutError(
                 f"step {self.step}: no worker has been ready to compute it for {self.config.join_timeout:g} s"
             )
 
     def _send(self, rank: int, frames: list) -> bool:
+        if rank not in self.members:
+            return False  # dropped while this was being prepared
         try:
             self.transport.send(self.members[rank].peer, frames)
             return True
@@ -250,16 +265,20 @@ class ParameterServer:
     def _hand_out(self, nodes: list[Node], ranks: list[int]) -> None:
         """Have `ranks` compute `nodes` of this step, split evenly (no ranks: wait for one)."""
         for node in nodes:
-            del self.pending[node]
+            self.pending.pop(node, None)
+        ranks = [r for r in ranks if r in self.members and self.members[r].ready]
         if not ranks:
             self.pending.update(dict.fromkeys(nodes))
             if self.stalled_since is None:
                 self.stalled_since = time.monotonic()
             return
         for rank, part in share(nodes, ranks, self.config.shards).items():
+            if rank not in self.members:  # lost while an earlier part was sent: pass its part on
+                self._hand_out(part, self.ready_ranks())
+                continue
             self.pending.update(dict.fromkeys(part, rank))
             log.info("server: step %d: worker %d takes over micro-shards %s", self.step, rank, part)
-            self._send_params(rank, part)
+            self._send_params(rank, part)  # if it fails, _lose hands `part` on with the rest
 
     def _send_params(self, rank: int, nodes: list[Node]) -> None:
         epoch, index = self.batch
@@ -272,6 +291,8 @@ class ParameterServer:
             index=index,
             nodes=[list(node) for node in nodes],
         )
+        if rank in self.members:
+            self.members[rank].asked += 1
         self._send(rank, frames)
 
     def register(self) -> None:
@@ -339,9 +360,11 @@ class ParameterServer:
         start = time.perf_counter()
         self.batch, self.parts, self.answers = (epoch, index), {}, []
         ready = self.ready_ranks()
-        work = plan(ready, self.config.workers, self.config.shards)
-        self.pending = {node: rank for rank, nodes in work.items() for node in nodes}
-        if not ready:  # every worker is gone: the first to be ready again gets the whole batch
+        if ready:
+            work = plan(ready, self.config.workers, self.config.shards)
+            self.pending = {node: rank for rank, nodes in work.items() for node in nodes}
+        else:  # every worker is gone: the first to be ready again gets the whole batch
+            work = {}
             self.pending = dict.fromkeys(cover(0, self.config.shards, self.config.shards))
             self.stalled_since = time.monotonic()
         for rank, nodes in work.items():
@@ -534,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         if transport is not None:
-            transport.close()
+            transport.close(linger=1.0)  # an error: let the STOP messages out, briefly
     return 0
 
 

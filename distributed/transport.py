@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import zmq
@@ -71,6 +72,7 @@ class ZmqServerTransport:
     def send(self, peer: bytes, frames: Sequence[Any]) -> None:
         # copy=False: zmq reads the arrays in place. The server changes its parameters only after
         # every live worker has answered this step, i.e. after these frames have been delivered.
+        # (A worker dropped as stuck may still have PARAMS queued; what it reads no longer counts.)
         try:
             self.socket.send_multipart([peer, *frames], copy=False, flags=zmq.NOBLOCK)
         except zmq.ZMQError as e:
@@ -92,7 +94,45 @@ class ZmqServerTransport:
 
 
 class ServerSilent(TimeoutError):
-    """The server said nothing for the job's --timeout (or never welcomed this worker)."""
+    """The server, after welcoming this worker, said nothing for the job's --timeout."""
+
+
+class ComputeThread:
+    """One daemon thread that runs `worker.handle` on one message at a time.
+
+    A daemon, so a computation that hangs never keeps the process from exiting. When a job ends,
+    a byte on a pipe wakes the talking thread's poll. The pipe is never closed: the thread may
+    still write to it after the talking thread has given up, and the process ends soon after.
+    """
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.wake_r, self.wake_w = os.pipe()
+        self.jobs: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        self.result: tuple[list | None, BaseException | None] | None = None
+        self.busy = False
+        threading.Thread(target=self._run, name="compute", daemon=True).start()
+
+    def submit(self, msg: Message) -> None:
+        self.busy, self.result = True, None
+        self.jobs.put(msg)
+
+    def take(self) -> list | None:
+        """The finished job's reply; raises what the job raised."""
+        os.read(self.wake_r, 1)
+        (reply, error), self.result, self.busy = self.result, None, False
+        if error is not None:
+            raise error
+        return reply
+
+    def _run(self) -> None:
+        while True:
+            msg = self.jobs.get()
+            try:
+                self.result = (self.worker.handle(msg), None)
+            except BaseException as e:  # handed to the talking thread, which raises it
+                self.result = (None, e)
+            os.write(self.wake_w, b".")
 
 
 def serve_worker(worker: Worker, endpoint: str, keys: Keys, join_timeout: float) -> None:
@@ -100,9 +140,11 @@ def serve_worker(worker: Worker, endpoint: str, keys: Keys, join_timeout: float)
 
     This thread only talks: it sends HELLO every second until welcomed (giving up after
     `join_timeout`), then heartbeats, and notices a server silent for the job's --timeout, which
-    the welcome carries. The work (setup, gradients) runs on one compute thread. While a gradient
-    is being computed, a heartbeat goes out only if a micro-shard has finished since the last
-    one, so a compute that hangs goes silent like a dead process does.
+    the welcome carries. The work (setup, gradients) runs on one compute thread; an error there
+    ends the worker. While a gradient is being computed, a heartbeat goes out only if a
+    micro-shard has finished since the last one, so a computation that hangs goes silent like a
+    dead process does. Each heartbeat says how many PARAMS this worker has answered, so the
+    server can tell an answer it rejected from one still being computed.
     """
     timeout, interval = join_timeout, HELLO_INTERVAL_S
     context = zmq.Context()
@@ -112,15 +154,14 @@ def serve_worker(worker: Worker, endpoint: str, keys: Keys, join_timeout: float)
     socket.curve_secretkey = keys.secret
     socket.curve_publickey = keys.public
     socket.curve_serverkey = keys.peer_public
-    wake_r, wake_w = os.pipe()  # the compute thread's "done" reaches the poll below
+    compute = ComputeThread(worker)
     poller = zmq.Poller()
     poller.register(socket, zmq.POLLIN)
-    poller.register(wake_r, zmq.POLLIN)
-    pool = ThreadPoolExecutor(1, thread_name_prefix="compute")
+    poller.register(compute.wake_r, zmq.POLLIN)
     todo: deque[Message] = deque()
-    job: Future | None = None
-    computing = False  # the job is a gradient (not the setup)
+    computing = False  # the current job is a gradient (not the setup)
     welcomed = False
+    answered = 0  # PARAMS messages finished
 
     def send(frames: Sequence[Any]) -> None:
         try:
@@ -133,65 +174,59 @@ def serve_worker(worker: Worker, endpoint: str, keys: Keys, join_timeout: float)
         heard = beat_due = time.monotonic()
         beat_progress = -1
         while not worker.stopped:
-            if job is not None and job.done():
-                reply, job = job.result(), None  # the compute thread's errors are raised here
+            if compute.busy and compute.result is not None:
+                reply = compute.take()  # the compute thread's errors are raised here
                 if reply is not None:
                     send(reply)
-            if job is None and todo:
+                answered += computing
+            if not compute.busy and todo:
                 msg = todo.popleft()
                 computing = msg.type == protocol.PARAMS
-                job = pool.submit(_handle, worker, msg)
-                job.add_done_callback(lambda _: os.write(wake_w, b"."))
+                compute.submit(msg)
             now = time.monotonic()
             if now >= beat_due:
                 if not welcomed:
                     send(worker.hello())  # again and again: the rank may not be free yet
-                elif not (job is not None and computing and worker.progress == beat_progress):
-                    send(protocol.encode(protocol.HEARTBEAT, rank=worker.rank))
+                elif not (compute.busy and computing and worker.progress == beat_progress):
+                    send(protocol.encode(protocol.HEARTBEAT, rank=worker.rank, answered=answered))
                 beat_progress, beat_due = worker.progress, now + interval
             if now - heard > timeout:
-                state = "said anything" if welcomed else "welcomed this worker"
+                if not welcomed:
+                    raise TimeoutError(
+                        f"the server at {endpoint} did not welcome this worker in {timeout:g} s"
+                    )
                 raise ServerSilent(
-                    f"the server at {endpoint} has not {state} for {timeout:g} s: it is gone or stuck"
+                    f"the server at {endpoint} has not said anything for {timeout:g} s: it is gone or stuck"
                 )
             wait = max(0.0, min(beat_due, heard + timeout) - now)
             for ready, _ in poller.poll(wait * 1000 + 1):
-                if ready is socket:
-                    frames = socket.recv_multipart(copy=False)
-                    heard = time.monotonic()
+                if ready is not socket:
+                    continue  # the compute thread is done: handled at the top of the loop
+                frames = socket.recv_multipart(copy=False)
+                heard = time.monotonic()
+                try:
+                    msg = protocol.decode(frames)
+                except ProtocolError as e:
+                    log.warning("worker %d: rejected a message from the server: %s", worker.rank, e)
+                    continue
+                if msg.type == protocol.WELCOME and not welcomed:
+                    try:  # from now on, the job's timeout, as the server counts it
+                        timeout = JobConfig.from_dict(msg["config"]).timeout
+                    except (TypeError, ValueError) as e:
+                        raise ProtocolError(f"bad job config from the server: {e}") from None
+                    interval = timeout / protocol.HEARTBEATS_PER_TIMEOUT
+                    welcomed = True
+                    todo.append(msg)
+                elif msg.type == protocol.PARAMS:
+                    todo.append(msg)
+                else:
                     try:
-                        msg = protocol.decode(frames)
+                        worker.handle(msg)  # HEARTBEAT, STOP: nothing to compute
                     except ProtocolError as e:
                         log.warning("worker %d: rejected a message from the server: %s", worker.rank, e)
-                        continue
-                    if msg.type == protocol.WELCOME and not welcomed:
-                        try:  # from now on, the job's timeout, as the server counts it
-                            timeout = JobConfig.from_dict(msg["config"]).timeout
-                        except (TypeError, ValueError) as e:
-                            raise ProtocolError(f"bad job config from the server: {e}") from None
-                        interval = timeout / protocol.HEARTBEATS_PER_TIMEOUT
-                        welcomed = True
-                        todo.append(msg)
-                    elif msg.type == protocol.PARAMS:
-                        todo.append(msg)
-                    else:
-                        worker.handle(msg)  # HEARTBEAT, STOP: nothing to compute
-                else:
-                    os.read(wake_r, 4096)
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
         socket.close(linger=0)
         context.term()
-        os.close(wake_r)
-        os.close(wake_w)
-
-
-def _handle(worker: Worker, msg: Message) -> list | None:
-    try:
-        return worker.handle(msg)
-    except ProtocolError as e:
-        log.warning("worker %d: rejected a message from the server: %s", worker.rank, e)
-        return None
 
 
 class LocalTransport:

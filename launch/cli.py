@@ -107,16 +107,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     if args.local_workers is not None and args.local_workers > config.workers:
         parser.error(f"--local-workers {args.local_workers} is more than --workers {config.workers}")
+    local = config.workers if args.local_workers is None else args.local_workers
     if args.keys is not None:
         try:
             keys.read(args.keys, keys.SERVER)
-            keys.read(args.keys, keys.WORKER)
+            if local:  # the workers started here need their side's files too
+                keys.read(args.keys, keys.WORKER)
         except ValueError as e:
             parser.error(f"--keys: {e}")
     print("config " + json.dumps(config.to_dict()), flush=True)
     if args.single_process:
         return run_single_process(config)
-    local = config.workers if args.local_workers is None else args.local_workers
     return Job(config, bind=args.bind, keys_dir=args.keys, local_workers=local).run()
 
 

@@ -99,6 +99,8 @@ def share(nodes: Sequence[Node], ranks: Sequence[int], shards: int) -> dict[int,
 
     Any split gives the same sum: every piece is a node of the one tree.
     """
+    if not ranks:
+        return {}
     leaves = leaves_of(nodes)
     bounds = shard_bounds(len(leaves), len(ranks))
     out = {r: cover_leaves(leaves[lo:hi], shards) for r, (lo, hi) in zip(ranks, bounds)}

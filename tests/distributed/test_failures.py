@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
+import msgpack
+import pytest
 import zmq
+from threadpoolctl import threadpool_limits
 
 from distributed import keys, protocol
 from distributed.config import JobConfig
-from distributed.server import ParameterServer
-from distributed.worker import EXIT_SERVER_SILENT
+from distributed.server import EpochStats, ParameterServer
+from distributed.transport import LocalTransport, serve_worker
+from distributed.worker import EXIT_SERVER_SILENT, Worker
 from numpy_cnn.data import load
 
 
@@ -66,3 +71,68 @@ def test_only_holders_of_the_worker_key_get_through(job_keys, server_transport, 
     got = transport.recv(5.0)
     assert got is not None
     assert protocol.decode(got[1]).type == protocol.HELLO
+
+
+def test_a_step_with_no_worker_waits_for_one_then_gives_it_everything(
+    mnist_dir, spawn_workers, server_transport
+):
+    data = load("mnist", str(mnist_dir))
+    config = JobConfig("fc-net", workers=2, timeout=1.0, join_timeout=30.0, data_dir=str(mnist_dir))
+    with threadpool_limits(1):  # as in every worker process: one BLAS thread, the same bits
+        clean = ParameterServer(config, LocalTransport([Worker(r, data) for r in range(2)]), data)
+        clean.register()
+        clean.train_step(0, 4, EpochStats())
+
+    server = ParameterServer(config, server_transport(), data)
+    spawn_workers(server.transport.endpoint, 1, ranks=[1])  # only rank 1, and not yet registered
+    server.train_step(0, 4, EpochStats())  # starts with nobody: rank 1 joins and takes all 4 shards
+    server.stop_workers("test over")
+    for a, b in zip(server.params, clean.params):
+        assert a.data.tobytes() == b.data.tobytes()
+
+
+def test_a_step_nobody_joins_for_ends_after_the_join_timeout(mnist_dir, server_transport):
+    data = load("mnist", str(mnist_dir))
+    config = JobConfig("fc-net", workers=2, timeout=0.5, join_timeout=1.0, data_dir=str(mnist_dir))
+    server = ParameterServer(config, server_transport(), data)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match="no worker has been ready to compute it for 1 s"):
+        server.train_step(0, 0, EpochStats())
+    assert time.monotonic() - start < 3.0
+
+
+def test_a_worker_whose_answers_are_rejected_is_dropped_and_its_work_redone(
+    mnist_dir, spawn_workers, server_transport, job_keys
+):
+    """Rank 1 (a thread here) sends wrong sample counts from step 2 on: the server rejects them,
+    sees from its heartbeat that it has answered everything, drops it, and rank 0 does its work."""
+    data = load("mnist", str(mnist_dir))
+    config = JobConfig("fc-net", workers=2, max_steps=5, timeout=1.0, data_dir=str(mnist_dir))
+
+    class Miscounts(Worker):
+        def _step(self, msg):
+            frames = super()._step(msg)
+            if msg["step"] >= 2:
+                header = msgpack.unpackb(frames[0])
+                header["counts"] = [c + 1 for c in header["counts"]]
+                frames[0] = msgpack.packb(header)
+            return frames
+
+    server = ParameterServer(config, server_transport(), data)
+    spawn_workers(server.transport.endpoint, 1, ranks=[0])
+    bad = threading.Thread(
+        target=serve_worker,
+        args=(Miscounts(1, data), server.transport.endpoint, keys.read(job_keys, keys.WORKER), 30.0),
+        daemon=True,
+    )
+    with threadpool_limits(1):  # as in every worker process: one BLAS thread, the same bits
+        bad.start()
+        server.run()
+        bad.join(timeout=10)
+        assert not bad.is_alive()  # the server told it to stop when it dropped it
+        assert server.lost == 1 and server.rejected >= 1
+
+        clean = ParameterServer(config, LocalTransport([Worker(r, data) for r in range(2)]), data)
+        clean.run()
+    for a, b in zip(server.params, clean.params):
+        assert a.data.tobytes() == b.data.tobytes()

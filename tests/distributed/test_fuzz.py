@@ -72,7 +72,7 @@ def malformed(rng: np.random.Generator, params: list[np.ndarray], step: int) -> 
         return protocol.encode(protocol.STOP, reason="fuzz")
     if kind == 13:  # speaking for a live worker: its heartbeat, its READY, its gradient, duplicated
         return [
-            protocol.encode(protocol.HEARTBEAT, rank=int(rng.integers(2))),
+            protocol.encode(protocol.HEARTBEAT, rank=int(rng.integers(2)), answered=10**6),
             protocol.encode(protocol.READY, rank=int(rng.integers(2))),
             protocol.encode(protocol.GRADS, grads, **{**fields, "rank": int(rng.integers(2))}),
         ][rng.integers(3)]

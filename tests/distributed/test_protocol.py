@@ -50,7 +50,7 @@ def test_every_message_type_round_trips():
             "correct": 3,
             "compute_s": 0.01,
         },
-        protocol.HEARTBEAT: {"rank": 2},
+        protocol.HEARTBEAT: {"rank": 2, "answered": 5},
         protocol.STOP: {"reason": "done"},
     }
     assert set(samples) == set(protocol.SCHEMA)
