@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rank", type=int, required=True, help="this worker's rank, 0 .. workers-1")
     parser.add_argument(
         "--join-timeout",
+        metavar="SECONDS",
         type=float,
         default=120.0,
         help="give up when the server has not welcomed this worker after this many seconds; once "
@@ -176,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--keys",
+        metavar="DIR",
         required=True,
         help="folder with worker.key_secret and server.key (written by `launch keygen`)",
     )

@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("failures")
     group.add_argument(
         "--timeout",
+        metavar="SECONDS",
         type=positive_float,
         default=5.0,
         help="seconds of silence after which a worker, or the server, counts as dead; heartbeats go "
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--join-timeout",
+        metavar="SECONDS",
         type=positive_float,
         default=120.0,
         help="seconds the server waits for workers to connect and load the data, at the start and "
@@ -68,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--max-restarts",
+        metavar="N",
         type=non_negative_int,
         default=3,
         help="dead workers restarted in all; after that the others carry on (default: %(default)s)",
@@ -87,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--local-workers",
+        metavar="N",
         type=non_negative_int,
         default=None,
         help="start ranks 0 .. N-1 here and wait for the others to connect from elsewhere with "
