@@ -244,11 +244,10 @@ class Job:
         self.stop_all()
         print(f"launch: error: {what}", file=sys.stderr, flush=True)
         if self.config.checkpoint_dir:
-            print(
-                f"launch: to continue, run the same command with --resume {self.config.checkpoint_dir}",
-                file=sys.stderr,
-                flush=True,
-            )
+            hint = f"to continue, run the same command with --resume {self.config.checkpoint_dir}"
+        else:
+            hint = "this run wrote no checkpoints; with --checkpoint-dir DIR a failed run can be resumed"
+        print(f"launch: {hint}", file=sys.stderr, flush=True)
         return 1
 
     def _finish(self, done: dict | None) -> int:

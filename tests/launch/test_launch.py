@@ -358,3 +358,19 @@ def test_a_killed_server_resumes_bitwise_with_another_worker_count(mnist_dir, tm
     assert result.returncode == 0, result.stdout + result.stderr
     assert "resumed from" in result.stdout
     assert same_bits(load_npz(full), load_npz(resumed))
+
+
+def test_keygen_writes_a_key_set_once(tmp_path):
+    from distributed import keys
+
+    folder = tmp_path / "keys"
+    result = run([*LAUNCH, "keygen", str(folder)], timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == sorted(keys.FILES)
+    for name in ("server.key_secret", "worker.key_secret"):
+        assert (folder / name).stat().st_mode & 0o077 == 0, name  # nobody else may read a secret
+    server, worker = keys.read(folder, keys.SERVER), keys.read(folder, keys.WORKER)
+    assert server.peer_public == worker.public and worker.peer_public == server.public
+    again = run([*LAUNCH, "keygen", str(folder)], timeout=60)
+    assert again.returncode == 2 and "already holds" in again.stderr
+    assert keys.read(folder, keys.SERVER) == server  # not overwritten
