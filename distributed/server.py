@@ -113,6 +113,7 @@ class ParameterServer:
         self.pending: dict[Node, int | None] = {}
         self.parts: dict[Node, list[np.ndarray]] = {}
         self.answers: list[Message] = []
+        self.last_plan: dict[int, list[Node]] = {}  # who computed what at the last step
         self.scratch: dict[Node, list[np.ndarray]] = {}  # the tree's inner sums, reused every step
         self.events = events or (lambda event: None)
         self.echo = echo
@@ -363,6 +364,9 @@ class ParameterServer:
         if ready:
             work = plan(ready, self.config.workers, self.config.shards)
             self.pending = {node: rank for rank, nodes in work.items() for node in nodes}
+            if work != self.last_plan and self.step > 0:  # a worker is missing, or is back
+                log.info("server: step %d: micro-shards by worker: %s", self.step, work)
+            self.last_plan = work
         else:  # every worker is gone: the first to be ready again gets the whole batch
             work = {}
             self.pending = dict.fromkeys(cover(0, self.config.shards, self.config.shards))

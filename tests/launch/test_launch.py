@@ -203,15 +203,23 @@ def test_dead_and_stuck_workers_leave_the_weights_bitwise_unchanged(mnist_dir, t
     job = running([*common, *args, "--checkpoint-dir", str(ckdir), "--checkpoint-every", "50"])
     wait_for_file(ckdir / "step-000000100.npz", job)  # mid-run
     first = job.pids()
+    job.searched = len(job.seen)  # what happened before the kill does not count below
     os.kill(first["worker 1"], signal.SIGKILL)  # a crash: its connection closes
     job.wait_for(r"worker 1 \(pid \d+\) was killed by SIGKILL; restarting it \(1 of --max-restarts 1\)")
-    job.wait_for(r"takes over micro-shards \[\(2, 4\)\]")  # its work went to worker 0
     job.wait_for(r"\[server\] server: worker 1 is ready")  # the restarted one is back
     os.kill(first["worker 0"], signal.SIGSTOP)  # a hang: alive, connected, silent
-    job.wait_for(r"server: worker 0 sent nothing for 2 s \(no heartbeat\)")
-    job.wait_for(r"worker 0 \(pid \d+\) stopped responding; killing it")
-    job.wait_for(r"no restarts left \(--max-restarts 1\), the others carry on")
     assert job.finish(timeout=120) == 0, "\n".join(job.seen)
+    # the launcher's lines and the server's come through different pipes: their order may vary
+    log = "\n".join(job.seen)
+    for expected in (
+        # the crashed one's work, during a step or from the next one on
+        r"worker 0 takes over micro-shards \[\(2, 4\)\]|by worker: \{0: \[\(0, 2\), \(2, 4\)\]\}",
+        r"server: worker 0 sent nothing for 2 s \(no heartbeat\)",
+        r"launch: worker 0 \(pid \d+\) stopped responding; killing it",
+        r"no restarts left \(--max-restarts 1\), the others carry on",
+        r"worker 1 takes over micro-shards|by worker: \{1: \[\(0, 2\), \(2, 4\)\]\}",
+    ):
+        assert re.search(expected, log), expected
     assert same_bits(load_npz(out), load_npz(reference))
     assert wait_gone([pid for _, pid in job.started()], timeout=5) == []
 
