@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from numpy_cnn import checkpoint
 from numpy_cnn.data import MNIST, load, steps_per_epoch
 from numpy_cnn.metrics import evaluate
 from numpy_cnn.models import build, input_shape
 from numpy_cnn.optim import Adam
+from numpy_cnn.runbook import RunBook
 from numpy_cnn.shards import Node, cover, parse_nodes, plan, shard_bounds, share, tree_sum
 from numpy_cnn.train import epoch_record, format_record
 
@@ -409,59 +409,20 @@ class ParameterServer:
     def run(self) -> list[dict]:
         """Register the workers and train for the configured epochs; returns one record per epoch."""
         config = self.config
-        first_epoch = first_index = 0
-        if config.resume:
-            self.step, first_epoch, first_index, path = checkpoint.resume_run(
-                config.resume, config.identity(), self.net, self.optimizer
-            )
-            self.version = self.step
-            self.echo(
-                f"resumed from {path} at step {self.step} (epoch {first_epoch + 1}, batch {first_index})"
-            )
+        book = RunBook(config, self.net, self.optimizer, self.per_epoch, self.echo)
+        self.step = self.version = book.step
         self.register()
-        history: list[dict] = []
-        # a resumed run adds to the interrupted run's records
-        mode = "a" if config.resume else "w"
-        metrics = open(config.metrics, mode, encoding="utf-8") if config.metrics else None
         last_event = 0.0
-        saved = [self.step]  # the step of the newest checkpoint: never write the same one twice
-
-        def save_checkpoint(epoch: int, index: int) -> None:
-            if saved[0] == self.step:
-                return
-            saved[0] = self.step
-            identity = config.identity()
-            checkpoint.save_run(
-                config.checkpoint_dir,
-                identity,
-                self.step,
-                epoch,
-                index,
-                self.per_epoch,
-                self.net,
-                self.optimizer,
-            )
-
         try:
-            for epoch in range(first_epoch, config.n_epochs):
-                if config.max_steps is not None and self.step >= config.max_steps:
-                    break
-                first = first_index if epoch == first_epoch else 0
-                todo = self.per_epoch - first
-                if config.max_steps is not None:
-                    todo = min(todo, config.max_steps - self.step)
+            for epoch, indices in book.epochs():
                 stats = EpochStats()
                 start = time.perf_counter()
-                for index in range(first, first + todo):
+                for index in indices:
                     self.train_step(epoch, index, stats)
-                    if time.monotonic() - last_event > 0.2 or index == first + todo - 1:
+                    book.stepped(self.step, epoch, index + 1)
+                    if time.monotonic() - last_event > 0.2 or index == indices.stop - 1:
                         last_event = time.monotonic()
                         self.events({"event": "step", "step": self.step, "epoch": epoch + 1})
-                    every = config.checkpoint_every
-                    if config.checkpoint_dir and every and self.step % every == 0:
-                        save_checkpoint(epoch, index + 1)
-                if config.checkpoint_dir:
-                    save_checkpoint(epoch, first + todo)
                 seconds = time.perf_counter() - start
                 record = epoch_record(
                     epoch + 1,
@@ -473,22 +434,18 @@ class ParameterServer:
                     stats.samples,
                 )
                 record.update(stats.timing())
-                history.append(record)
+                book.end_epoch(epoch, indices.stop, record)
                 self.echo(format_record(record, config.n_epochs) + "  " + format_timing(record))
-                if metrics:
-                    metrics.write(json.dumps(record) + "\n")
-                    metrics.flush()
                 self.events({"event": "epoch", "record": record})
         finally:
-            if metrics:
-                metrics.close()
+            book.close()
             self.stop_workers("training finished")  # on errors too: workers need not wait to time out
         if config.save:
             self.net.save(config.save)
             self.echo(f"saved {config.save}")
         if self.rejected:
             log.warning("server: rejected %d messages in all", self.rejected)
-        return history
+        return book.history
 
 
 def batch_length(n: int, batch_size: int, index: int) -> int:

@@ -24,6 +24,7 @@ from .metrics import evaluate
 from .models import DEFAULT_EPOCHS, MODELS, build, input_shape
 from .net import Net
 from .optim import Adam
+from .runbook import RunBook
 from .schedules import SCHEDULES
 from .shards import Node, shard_bounds, tree_sum
 
@@ -178,44 +179,17 @@ def train(
     shape = input_shape(config.model)
     net = build(config.model, seed=config.seed, dtype=config.dtype)
     optimizer = Adam(net.parameters, lr=config.lr)
-    step, n = 0, len(data.train)
-    per_epoch = steps_per_epoch(n, config.batch_size)
-    first_epoch, first_index = 0, 0
-    if config.resume:
-        step, first_epoch, first_index, path = checkpoint.resume_run(
-            config.resume, config.identity(), net, optimizer
-        )
-        log(f"resumed from {path} at step {step} (epoch {first_epoch + 1}, batch {first_index})")
-    saved = [step]  # the step of the newest checkpoint: never write the same one twice
-
-    def save_checkpoint(epoch: int, index: int) -> None:
-        # (epoch, index) is the next batch to train on
-        if saved[0] != step:
-            checkpoint.save_run(
-                config.checkpoint_dir, config.identity(), step, epoch, index, per_epoch, net, optimizer
-            )
-            saved[0] = step
-
+    per_epoch = steps_per_epoch(len(data.train), config.batch_size)
+    book = RunBook(config, net, optimizer, per_epoch, log)
     step_fn = ShardedStep(config, net)
     # one BLAS thread per micro-shard while training: deterministic, and the shards use the cores
     blas_threads = 1 if config.n_shards > 1 else None
     progress = sys.stderr.isatty() if progress is None else progress
-    # a resumed run adds to the interrupted run's records
-    metrics = (
-        open(config.metrics, "a" if config.resume else "w", encoding="utf-8") if config.metrics else None
-    )
-    history: list[dict] = []
     try:
-        for epoch in range(first_epoch, config.n_epochs):
-            if config.max_steps is not None and step >= config.max_steps:
-                break
-            first = first_index if epoch == first_epoch else 0
-            todo = per_epoch - first
-            if config.max_steps is not None:
-                todo = min(todo, config.max_steps - step)
+        for epoch, indices in book.epochs():
             total_loss, correct, seen = 0.0, 0, 0
             bar = tqdm(
-                total=todo,
+                total=len(indices),
                 desc=f"epoch {epoch + 1}",
                 unit="step",
                 leave=False,
@@ -223,63 +197,47 @@ def train(
                 file=sys.stderr,
             )
             start = time.perf_counter()
-            index = first
             with threadpool_limits(blas_threads):
-                for x, y in batches(
+                batch_iter = batches(
                     data.train.images,
                     data.train.labels,
                     config.batch_size,
                     config.seed,
                     epoch,
                     shape,
-                    start=first,
+                    start=indices.start,
                     max_shift=config.n_shift,
-                ):
-                    if todo == 0:
-                        break
+                )
+                for index, (x, y) in zip(indices, batch_iter):
                     loss_sum, right = step_fn(x, y)
-                    optimizer.lr = config.lr_at(step, per_epoch)
+                    optimizer.lr = config.lr_at(book.step, per_epoch)
                     optimizer.update()
+                    book.stepped(book.step + 1, epoch, index + 1)
                     total_loss += loss_sum
                     correct += right
                     seen += len(y)
-                    step += 1
-                    index += 1
-                    todo -= 1
                     bar.update()
                     bar.set_postfix(loss=f"{loss_sum / len(y):.4f}", refresh=False)
-                    if (
-                        config.checkpoint_dir
-                        and config.checkpoint_every
-                        and step % config.checkpoint_every == 0
-                    ):
-                        save_checkpoint(epoch, index)
             seconds = time.perf_counter() - start
             bar.close()
-            if config.checkpoint_dir:
-                save_checkpoint(epoch, index)
             record = epoch_record(
                 epoch + 1,
-                step,
+                book.step,
                 total_loss / max(seen, 1),
                 correct / max(seen, 1),
                 evaluate(net, data.test, shape),
                 seconds,
                 seen,
             )
-            history.append(record)
+            book.end_epoch(epoch, indices.stop, record)
             log(format_record(record, config.n_epochs))
-            if metrics:
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
     finally:
         step_fn.close()
-        if metrics:
-            metrics.close()
+        book.close()
     if config.save:
         net.save(config.save)
         log(f"saved {config.save}")
-    return net, history
+    return net, book.history
 
 
 def positive_int(text: str) -> int:

@@ -1,0 +1,80 @@
+"""RunBook: the bookkeeping of one training run, shared by serial and data-parallel training.
+
+It knows where the run starts (step 0, or a checkpoint's step and place in the data order),
+which batches each epoch still has to train (`--max-steps` may end the run early), when a
+checkpoint is due (every `--checkpoint-every` steps and at each epoch end, never twice for one
+step), and keeps the per-epoch records, appending them to `--metrics` (to the old file when
+resuming). The caller does the steps themselves and tells the book about each one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from . import checkpoint
+
+
+class RunBook:
+    def __init__(self, config, net, optimizer, per_epoch: int, log: Callable[[str], None] = print) -> None:
+        self.config, self.net, self.optimizer, self.per_epoch = config, net, optimizer, per_epoch
+        self.step = 0  # optimizer steps taken
+        self.start: tuple[int, int] = (0, 0)  # (epoch, batch index) of the first batch to train
+        self.resumed_from: Path | None = None
+        if config.resume:
+            step, epoch, index, self.resumed_from = checkpoint.resume_run(
+                config.resume, config.identity(), net, optimizer
+            )
+            self.step, self.start = step, (epoch, index)
+            log(f"resumed from {self.resumed_from} at step {step} (epoch {epoch + 1}, batch {index})")
+        self.saved = self.step  # the step of the newest checkpoint: never write the same one twice
+        self.history: list[dict] = []
+        mode = "a" if config.resume else "w"  # a resumed run adds to the interrupted run's records
+        self.metrics = open(config.metrics, mode, encoding="utf-8") if config.metrics else None
+
+    def epochs(self) -> Iterator[tuple[int, range]]:
+        """Each epoch left to train, with the indices of the batches it trains."""
+        first_epoch, first_index = self.start
+        for epoch in range(first_epoch, self.config.n_epochs):
+            if self.config.max_steps is not None and self.step >= self.config.max_steps:
+                return
+            first = first_index if epoch == first_epoch else 0
+            todo = self.per_epoch - first
+            if self.config.max_steps is not None:
+                todo = min(todo, self.config.max_steps - self.step)
+            yield epoch, range(first, first + todo)
+
+    def stepped(self, step: int, epoch: int, next_index: int) -> None:
+        """Optimizer step `step` is done and batch `next_index` of `epoch` comes next."""
+        self.step = step
+        every = self.config.checkpoint_every
+        if self.config.checkpoint_dir and every and step % every == 0:
+            self.save(epoch, next_index)
+
+    def end_epoch(self, epoch: int, next_index: int, record: dict) -> None:
+        """Checkpoint (if checkpointing), keep the epoch's record and append it to --metrics."""
+        if self.config.checkpoint_dir:
+            self.save(epoch, next_index)
+        self.history.append(record)
+        if self.metrics:
+            self.metrics.write(json.dumps(record) + "\n")
+            self.metrics.flush()
+
+    def save(self, epoch: int, next_index: int) -> None:
+        if self.saved != self.step:
+            checkpoint.save_run(
+                self.config.checkpoint_dir,
+                self.config.identity(),
+                self.step,
+                epoch,
+                next_index,
+                self.per_epoch,
+                self.net,
+                self.optimizer,
+            )
+            self.saved = self.step
+
+    def close(self) -> None:
+        if self.metrics:
+            self.metrics.close()
