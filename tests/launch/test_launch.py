@@ -317,6 +317,16 @@ def test_help_explains_every_flag():
         "--data-dir",
         "--save",
         "--metrics",
+        "--checkpoint-dir",
+        "--resume",
+        "--timeout",
+        "--join-timeout",
+        "--on-worker-failure",
+        "--max-restarts",
+        "--bind",
+        "--keys",
+        "--local-workers",
+        "launch keygen DIR",
     ):
         assert flag in result.stdout, flag
 
