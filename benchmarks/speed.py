@@ -37,7 +37,7 @@ def command(mode: str, model: str, steps: int, metrics: str, extra: list[str]) -
     if mode == "serial":
         return [sys.executable, "-m", "numpy_cnn.train", *common]
     if mode.startswith("workers-"):
-        return [sys.executable, "-m", "launch", "--workers", mode.split("-")[1], *common]
+        return [sys.executable, "-m", "numpy_cnn.launch", "--workers", mode.split("-")[1], *common]
     if mode.startswith(("torch-", "ddp-")):
         flag = "--threads" if mode.startswith("torch-") else "--ddp"
         script = os.path.join(HERE, "torch_reference.py")
@@ -53,7 +53,15 @@ def command(mode: str, model: str, steps: int, metrics: str, extra: list[str]) -
             *extra,
         ]
     if mode.startswith("single-"):
-        return [sys.executable, "-m", "launch", "--single-process", "--workers", mode.split("-")[1], *common]
+        return [
+            sys.executable,
+            "-m",
+            "numpy_cnn.launch",
+            "--single-process",
+            "--workers",
+            mode.split("-")[1],
+            *common,
+        ]
     raise ValueError(f"unknown mode {mode!r}")
 
 

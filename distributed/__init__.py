@@ -1,5 +1,7 @@
 """Data-parallel training of numpy_cnn models: a parameter server and workers over ZeroMQ.
 
+Installed as numpy_cnn.distributed (the folder's name alone is Dask's package).
+
     server (one process)                        worker r (one process each)
     Tensor list + Adam + reduction tree   --->  PARAMS: step, version, epoch, batch index, weights
                                           <---  GRADS: sums of its micro-shards' gradients
@@ -8,8 +10,10 @@ Workers read their micro-shards of each global batch from their own copy of the 
 weights and gradients cross the wire. See numpy_cnn/shards.py for why the result has the same
 bits for any number of workers.
 
-Modules: protocol.py (the wire format), config.py (JobConfig), server.py (ParameterServer),
-worker.py (Worker), transport.py (ZeroMQ or in-process), lifeline.py (children exit with their
-launcher). Nothing is imported here, so `python -m distributed.server` and
-`python -m distributed.worker` run their modules cleanly.
+Modules, in the order a gradient meets them: config.py (JobConfig), worker.py (Worker and its
+loop), protocol.py (the wire format), transport.py (ZeroMQ or in-process, one Transport
+interface), keys.py (CURVE keys), server.py (ParameterServer), ledger.py (one step's
+bookkeeping), ranks.py (who computes which micro-shards), stats.py (where a step's time went),
+inprocess.py (a server and its workers in one process), lifeline.py (children exit with their
+launcher). The processes' entry points are `launch server` and `launch worker`.
 """

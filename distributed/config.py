@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from numpy_cnn.models import check_name
-from numpy_cnn.train import Config
+from numpy_cnn.config import Config
 
 FAILURE_POLICIES = ("reassign", "abort")
 
@@ -24,7 +23,7 @@ class JobConfig(Config):
 
     def check(self) -> JobConfig:
         """Raise ValueError naming the first flag that makes this run impossible."""
-        check_name(self.model)
+        super().check()
         if self.workers < 1 or self.shards < 1:
             raise ValueError(f"--workers and --shards must be positive, got {self.workers}, {self.shards}")
         if self.shards % self.workers:
@@ -34,8 +33,6 @@ class JobConfig(Config):
             )
         if self.batch_size < self.shards:
             raise ValueError(f"--batch-size {self.batch_size} is smaller than --shards {self.shards}")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
         if not (self.timeout > 0 and self.join_timeout > 0):
             raise ValueError(f"timeouts must be positive, got {self.timeout}, {self.join_timeout}")
         if self.join_timeout < self.timeout:
@@ -53,7 +50,8 @@ class JobConfig(Config):
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The job's settings as sent to the server and the workers (`threads` is serial training's)."""
+        return {k: v for k, v in asdict(self).items() if k != "threads"}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobConfig:

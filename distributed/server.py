@@ -1,63 +1,35 @@
 """ParameterServer: holds the model's Tensor list and Adam, and runs the synchronous steps.
 
-One step: send the parameters to every worker, take each worker's subtree sums of the gradient,
-add them up the fixed shard tree, run Adam, bump the version. `python -m distributed.server` runs
-one as a process (`launch` starts it); `launch --single-process` runs it in the launcher itself.
+One step: send the parameters to every worker, take each worker's subtree sums of the gradient
+(StepLedger keeps track of who owes what), add them up the fixed shard tree, run Adam, bump the
+version. `launch` runs one in a process of its own, or, with --single-process, in itself.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import os
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from numpy_cnn.data import MNIST, load, steps_per_epoch
-from numpy_cnn.metrics import evaluate
+from numpy_cnn.data import MNIST, global_batch, load, steps_per_epoch
+from numpy_cnn.metrics import epoch_record, evaluate, format_record
 from numpy_cnn.models import build, input_shape
 from numpy_cnn.optim import Adam
 from numpy_cnn.runbook import RunBook
-from numpy_cnn.shards import Node, cover, parse_nodes, plan, shard_bounds, share, tree_sum
-from numpy_cnn.train import epoch_record, format_record
+from numpy_cnn.shards import Node
 
-from . import keys, protocol
+from . import protocol
 from .config import JobConfig
+from .ledger import StepLedger
 from .protocol import HEARTBEATS_PER_TIMEOUT, Message, ProtocolError
+from .ranks import plan, share
+from .stats import EpochStats, format_timing
+from .transport import Transport
 
-log = logging.getLogger("distributed.server")
-
-
-@dataclass
-class EpochStats:
-    """Sums over an epoch's steps: training loss and accuracy, and where each step's time went."""
-
-    steps: int = 0
-    samples: int = 0
-    loss: float = 0.0
-    correct: int = 0
-    compute: float = 0.0  # the workers' forward/backward (the slowest worker's, when in parallel)
-    comm: float = 0.0  # the rest of the wait for gradients: encoding, the wire, decoding, stragglers
-    update: float = 0.0  # summing the tree and Adam
-    bytes: int = 0  # array and header frames sent and received by the server
-    extra: dict = field(default_factory=dict)
-
-    def timing(self) -> dict:
-        """Per-step means, in ms (they add up to the step time) and bytes."""
-        n = max(self.steps, 1)
-        ms = {k: round(1000 * getattr(self, k) / n, 3) for k in ("compute", "comm", "update")}
-        return {
-            "step_ms": round(sum(ms.values()), 3),
-            "compute_ms": ms["compute"],
-            "comm_ms": ms["comm"],
-            "update_ms": ms["update"],
-            "bytes_per_step": round(self.bytes / n),
-        }
+log = logging.getLogger("numpy_cnn.distributed.server")
 
 
 @dataclass
@@ -88,10 +60,10 @@ class ParameterServer:
     def __init__(
         self,
         config: JobConfig,
-        transport,
+        transport: Transport,
         data: MNIST | None = None,
         events: Callable[[dict], None] | None = None,
-        echo: Callable[[str], None] = print,
+        log: Callable[[str], None] = print,
     ) -> None:
         self.config = config.check()
         self.transport = transport
@@ -108,15 +80,11 @@ class ParameterServer:
         self.interval = config.timeout / HEARTBEATS_PER_TIMEOUT
         self.next_tick = 0.0
         self.stalled_since: float | None = None  # when work was left with no live worker to do it
-        # the current step: which worker owes which tree node (None: nobody yet), what has come in
-        self.batch = (0, 0)  # (epoch, index)
-        self.pending: dict[Node, int | None] = {}
-        self.parts: dict[Node, list[np.ndarray]] = {}
-        self.answers: list[Message] = []
+        self.batch = (0, 0)  # (epoch, index) of the current step
+        self.ledger = StepLedger(config.shards)  # the current step: who owes what, what has come in
         self.last_plan: dict[int, list[Node]] = {}  # who computed what at the last step
-        self.scratch: dict[Node, list[np.ndarray]] = {}  # the tree's inner sums, reused every step
         self.events = events or (lambda event: None)
-        self.echo = echo
+        self.log = log
         self.rejected = 0
         self.lost = 0  # workers dropped so far
 
@@ -159,7 +127,7 @@ class ParameterServer:
         elif msg.type == protocol.GRADS:
             reason = self._check_grads(peer, msg)
             if reason is None:
-                self._accept(msg)
+                self.ledger.accept(msg, len(self.params))
             else:
                 self._reject(peer, reason)
         elif msg.type not in (protocol.READY, protocol.HEARTBEAT):
@@ -174,7 +142,7 @@ class ParameterServer:
             self.members[rank].ready = True
             self.stalled_since = None
             log.info("server: worker %d is ready", rank)
-            orphans = [node for node, owner in self.pending.items() if owner is None]
+            orphans = self.ledger.owed_by(None)
             if orphans:
                 self._hand_out(orphans, [rank])
         else:
@@ -183,7 +151,7 @@ class ParameterServer:
     def _heartbeat(self, rank: int, answered: int) -> None:
         """A worker that has answered every PARAMS it was sent but still owes nodes never will."""
         member = self.members[rank]
-        owed = [node for node, owner in self.pending.items() if owner == rank]
+        owed = self.ledger.owed_by(rank)
         # one connection delivers in order: its answers to those PARAMS arrived before this
         if owed and answered >= member.asked:
             self._lose(rank, f"answered all its work but still owes micro-shards {owed} (answers rejected)")
@@ -259,17 +227,16 @@ class ParameterServer:
         self.events({"event": "worker_lost", "rank": rank, "pid": member.pid, "reason": why})
         if self.config.on_worker_failure == "abort":
             raise WorkerLost(f"worker {rank} {why} at step {self.step} (--on-worker-failure abort)")
-        owed = [node for node, owner in self.pending.items() if owner == rank]
+        owed = self.ledger.owed_by(rank)
         if owed:
             self._hand_out(owed, self.ready_ranks())
 
     def _hand_out(self, nodes: list[Node], ranks: list[int]) -> None:
         """Have `ranks` compute `nodes` of this step, split evenly (no ranks: wait for one)."""
-        for node in nodes:
-            self.pending.pop(node, None)
+        self.ledger.release(nodes)
         ranks = [r for r in ranks if r in self.members and self.members[r].ready]
         if not ranks:
-            self.pending.update(dict.fromkeys(nodes))
+            self.ledger.assign(nodes, None)
             if self.stalled_since is None:
                 self.stalled_since = time.monotonic()
             return
@@ -277,7 +244,7 @@ class ParameterServer:
             if rank not in self.members:  # lost while an earlier part was sent: pass its part on
                 self._hand_out(part, self.ready_ranks())
                 continue
-            self.pending.update(dict.fromkeys(part, rank))
+            self.ledger.assign(part, rank)
             log.info("server: step %d: worker %d takes over micro-shards %s", self.step, rank, part)
             self._send_params(rank, part)  # if it fails, _lose hands `part` on with the rest
 
@@ -324,76 +291,59 @@ class ParameterServer:
                 f"step {msg['step']} version {msg['version']}, "
                 f"expected step {self.step} version {self.version}"
             )
-        try:
-            nodes = parse_nodes(msg["nodes"], self.config.shards)
-        except ValueError as e:
-            return str(e)
-        owed = [node for node in nodes if self.pending.get(node, -1) != rank]
-        if owed:
-            return f"micro-shard nodes {owed} are not owed by worker {rank} (a duplicate, or not its work)"
-        bounds = shard_bounds(
-            batch_length(len(self.data.train), self.config.batch_size, self.batch[1]), self.config.shards
-        )
-        counts = [bounds[hi - 1][1] - bounds[lo][0] for lo, hi in nodes]
-        if msg["counts"] != counts:
-            return f"sample counts {msg['counts']}, expected {counts}"
-        if len(msg.arrays) != len(nodes) * len(self.params):
-            return f"{len(msg.arrays)} arrays, expected {len(nodes) * len(self.params)}"
+        reason = self.ledger.check(rank, msg, len(self.params))
+        if reason is not None:
+            return reason
         for i, a in enumerate(msg.arrays):
             p = self.params[i % len(self.params)]
             if a.shape != p.shape or a.dtype != p.dtype:
                 return f"array {i} is {a.dtype} {a.shape}, expected {p.dtype} {p.shape}"
         return None
 
-    def _accept(self, msg: Message) -> None:
-        k = len(self.params)
-        for j, (lo, hi) in enumerate(msg["nodes"]):
-            del self.pending[(lo, hi)]
-            self.parts[(lo, hi)] = msg.arrays[j * k : (j + 1) * k]
-        self.answers.append(msg)
-
     # -- training -----------------------------------------------------------------------------
 
     def train_step(self, epoch: int, index: int, stats: EpochStats) -> None:
         """One synchronous step on global batch `index` of `epoch`; adds to `stats`."""
         sent, received = self.transport.sent_bytes, self.transport.received_bytes
-        n = batch_length(len(self.data.train), self.config.batch_size, index)
+        config = self.config
+        n = len(
+            global_batch(len(self.data.train), config.batch_size, config.seed, epoch, index, config.max_shift)
+        )
         start = time.perf_counter()
-        self.batch, self.parts, self.answers = (epoch, index), {}, []
+        self.batch = (epoch, index)
         ready = self.ready_ranks()
+        work = plan(ready, config.workers, config.shards) if ready else {}
+        self.ledger.start(n, work)
         if ready:
-            work = plan(ready, self.config.workers, self.config.shards)
-            self.pending = {node: rank for rank, nodes in work.items() for node in nodes}
             if work != self.last_plan and self.step > 0:  # a worker is missing, or is back
                 log.info("server: step %d: micro-shards by worker: %s", self.step, work)
             self.last_plan = work
         else:  # every worker is gone: the first to be ready again gets the whole batch
-            work = {}
-            self.pending = dict.fromkeys(cover(0, self.config.shards, self.config.shards))
             self.stalled_since = time.monotonic()
         for rank, nodes in work.items():
             if rank in self.members:  # an earlier send in this loop may have found it gone
                 self._send_params(rank, nodes)
-        self._serve(lambda: not self.pending)
+        self._serve(lambda: self.ledger.complete)
         waited = time.perf_counter()
-        gradient = tree_sum((0, self.config.shards), self.parts, self.scratch)
+        gradient = self.ledger.gradient()
+        answers = self.ledger.answers
         if not all(np.isfinite(g).all() for g in gradient):  # a NaN or Inf anywhere reaches the root
             # a real worker's gradient blew up: no update can be trusted, stop before Adam
-            bad = sorted({m["rank"] for m in self.answers if not all(np.isfinite(a).all() for a in m.arrays)})
+            bad = sorted({m["rank"] for m in answers if not all(np.isfinite(a).all() for a in m.arrays)})
             raise FloatingPointError(f"step {self.step}: worker(s) {bad} sent non-finite gradients")
         for p, g in zip(self.params, gradient):
             p.grad = g
-        self.optimizer.lr = self.config.lr_at(self.step, self.per_epoch)
+        self.optimizer.lr = config.lr_at(self.step, self.per_epoch)
         self.optimizer.update()
         self.step += 1
         self.version += 1
         done = time.perf_counter()
-        computes = [m["compute_s"] for m in self.answers]
+        computes = [m["compute_s"] for m in answers]
         compute = max(computes) if self.transport.parallel else sum(computes)
         stats.steps += 1
         stats.samples += n
-        stats.loss += sum(m["loss"] for m in self.answers)
-        stats.correct += sum(m["correct"] for m in self.answers)
+        stats.loss += sum(m["loss"] for m in answers)
+        stats.correct += sum(m["correct"] for m in answers)
         stats.compute += compute
         stats.comm += max(0.0, waited - start - compute)
         stats.update += done - waited
@@ -409,7 +359,7 @@ class ParameterServer:
     def run(self) -> list[dict]:
         """Register the workers and train for the configured epochs; returns one record per epoch."""
         config = self.config
-        book = RunBook(config, self.net, self.optimizer, self.per_epoch, self.echo)
+        book = RunBook(config, self.net, self.optimizer, self.per_epoch, self.log)
         self.step = self.version = book.step
         self.register()
         last_event = 0.0
@@ -435,92 +385,14 @@ class ParameterServer:
                 )
                 record.update(stats.timing())
                 book.end_epoch(epoch, indices.stop, record)
-                self.echo(format_record(record, config.n_epochs) + "  " + format_timing(record))
+                self.log(format_record(record, config.n_epochs) + "  " + format_timing(record))
                 self.events({"event": "epoch", "record": record})
         finally:
             book.close()
             self.stop_workers("training finished")  # on errors too: workers need not wait to time out
         if config.save:
             self.net.save(config.save)
-            self.echo(f"saved {config.save}")
+            self.log(f"saved {config.save}")
         if self.rejected:
             log.warning("server: rejected %d messages in all", self.rejected)
         return book.history
-
-
-def batch_length(n: int, batch_size: int, index: int) -> int:
-    """Samples in global batch `index` of an epoch over n samples (the last one may be short)."""
-    return len(range(n)[index * batch_size : (index + 1) * batch_size])
-
-
-def format_timing(r: dict) -> str:
-    return (
-        f"step {r['step_ms']:.2f} ms = compute {r['compute_ms']:.2f} + comm {r['comm_ms']:.2f} "
-        f"+ update {r['update_ms']:.2f}, {r['bytes_per_step'] / 1e6:.2f} MB/step"
-    )
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m distributed.server",
-        description="The parameter server of one data-parallel job (launch starts it).",
-    )
-    parser.add_argument("--config", required=True, help="the job's JobConfig as a JSON object")
-    parser.add_argument(
-        "--bind", default="tcp://127.0.0.1:*", help="ZeroMQ endpoint to listen on (default: %(default)s)"
-    )
-    parser.add_argument("--events-fd", type=int, default=None, help="write JSON-lines progress events here")
-    parser.add_argument(
-        "--keys",
-        required=True,
-        help="folder with server.key_secret and worker.key (written by `launch keygen`)",
-    )
-    parser.add_argument("--watch-stdin", action="store_true", help="exit when standard input closes")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    try:
-        config = JobConfig.from_dict(json.loads(args.config))
-    except (ValueError, TypeError) as e:
-        parser.error(f"--config: {e}")
-
-    from .lifeline import exit_when_stdin_closes
-    from .transport import ZmqServerTransport
-
-    if args.watch_stdin:
-        exit_when_stdin_closes("server")
-    events_file = os.fdopen(args.events_fd, "w", buffering=1) if args.events_fd is not None else None
-
-    def events(event: dict) -> None:
-        if events_file is not None:
-            events_file.write(json.dumps(event) + "\n")
-
-    transport = None
-    try:
-        data = load(config.dataset, config.data_dir)  # before listening: workers then find it cached
-        largest = max(p.data.nbytes for p in build(config.model, dtype=config.dtype).parameters)
-        transport = ZmqServerTransport(
-            keys.read(args.keys, keys.SERVER),
-            args.bind,
-            max_message_bytes=max(largest, protocol.MAX_HEADER_BYTES),
-            io_threads=min(config.workers, os.cpu_count() or 1, 4),
-        )
-        server = ParameterServer(config, transport, data, events)
-        log.info("server: listening on %s (pid %d)", transport.endpoint, os.getpid())
-        events({"event": "listening", "endpoint": transport.endpoint, "total_steps": server.total_steps})
-        server.run()
-        transport.close(linger=5.0)  # let the STOP messages reach the workers
-        transport = None
-        events({"event": "done", "workers": sorted(server.members)})  # the ones told to stop
-    except (TimeoutError, ConnectionError, OSError, ValueError, RuntimeError, FloatingPointError) as e:
-        print(f"server: error: {e}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        if transport is not None:
-            transport.close(linger=1.0)  # an error: let the STOP messages out, briefly
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,29 +1,38 @@
 """Worker: one replica of the net and the training data; turns parameters into shard gradients.
 
-`python -m distributed.worker --connect ENDPOINT --rank R` runs one; `launch` starts them.
+`Worker` reacts to the server's messages; `serve` runs one over a ZeroMQ socket, talking on one
+thread and computing on another. `launch worker --connect ENDPOINT --rank R` runs one as a process
+(`launch` starts its own that way); `launch --single-process` drives Workers in the launcher.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import sys
+import queue
+import threading
 import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import zmq
 
-from numpy_cnn.data import MNIST, batch_indices, epoch_order, epoch_shifts, load, shift_images, to_float
+from numpy_cnn.data import MNIST, global_batch, load
 from numpy_cnn.loss import CrossEntropyLoss
 from numpy_cnn.models import build, input_shape
-from numpy_cnn.shards import leaves_of, parse_nodes, shard_bounds, tree_sum, worker_shards
-from numpy_cnn.train import shard_gradient
+from numpy_cnn.shards import leaves_of, shard_bounds, shard_gradient, tree_sum
 
-from . import keys, protocol
+from . import protocol
 from .config import JobConfig
+from .keys import Keys
 from .protocol import Message, ProtocolError
+from .ranks import parse_nodes, worker_shards
 
-log = logging.getLogger("distributed.worker")
+log = logging.getLogger("numpy_cnn.distributed.worker")
+
+HELLO_INTERVAL_S = 1.0  # a worker not yet welcomed says HELLO again this often
 
 EXIT_SERVER_SILENT = 3  # the exit status that tells the launcher the server, not this worker, failed
 
@@ -38,7 +47,6 @@ class Worker:
         self.stopped = False
         self.stop_reason = ""
         self.progress = 0  # micro-shards computed so far
-        self._order: tuple[int, np.ndarray, np.ndarray] | None = None  # (epoch, permutation, shifts)
 
     def hello(self) -> list:
         return protocol.encode(protocol.HELLO, rank=self.rank, pid=os.getpid())
@@ -106,8 +114,13 @@ class Worker:
         start = time.perf_counter()
         for p, a in zip(self.params, msg.arrays):
             p.data = a  # read-only view of the received frame; forward only reads weights
-        idx, shifts = self._batch(msg["epoch"], msg["index"])
-        bounds = shard_bounds(len(idx), self.config.shards)
+        config, train = self.config, self.data.train
+        batch = global_batch(
+            len(train), config.batch_size, config.seed, msg["epoch"], msg["index"], config.max_shift
+        )
+        if len(batch) == 0:
+            raise ProtocolError(f"epoch {msg['epoch']} has no batch {msg['index']}")
+        bounds = shard_bounds(len(batch), config.shards)
         loss_sum, correct = 0.0, 0
         for k in leaves_of(nodes):
             lo, hi = bounds[k]
@@ -116,12 +129,11 @@ class Worker:
                 grads = self.leaf_grads[(k, k + 1)] = [np.zeros_like(p.data) for p in self.params]
             for p, g in zip(self.params, grads):
                 p.grad = g  # backward writes straight into this shard's buffers
-            images = shift_images(self.data.train.images[idx[lo:hi]], shifts[lo:hi], self.config.n_shift)
-            y = self.data.train.labels[idx[lo:hi]]
-            loss, right = shard_gradient(self.net, self.loss, to_float(images, self.shape), y, len(idx))
+            x, y = batch.samples(train.images, train.labels, self.shape, lo, hi)
+            loss, right = shard_gradient(self.net, self.loss, x, y, len(batch))
             loss_sum += loss
             correct += right
-            self.progress += 1  # heartbeats go out only while this number moves (see transport)
+            self.progress += 1  # heartbeats go out only while this number moves (see serve)
         arrays = []
         for node in nodes:
             arrays.extend(tree_sum(node, self.leaf_grads, self.scratch))
@@ -138,20 +150,6 @@ class Worker:
             compute_s=time.perf_counter() - start,
         )
 
-    def _batch(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Sample indices and shifts of global batch `index` of `epoch`: the serial trainer's batch."""
-        if self._order is None or self._order[0] != epoch:
-            n, seed = len(self.data.train), self.config.seed
-            self._order = (
-                epoch,
-                epoch_order(n, seed, epoch),
-                epoch_shifts(n, seed, epoch, self.config.n_shift),
-            )
-        idx = batch_indices(self._order[1], self.config.batch_size, index)
-        if len(idx) == 0:
-            raise ProtocolError(f"epoch {epoch} has no batch {index}")
-        return idx, batch_indices(self._order[2], self.config.batch_size, index)
-
 
 def peak_rss_mb() -> int:
     """This process's peak resident set size, in MB (Linux reports ru_maxrss in KiB)."""
@@ -160,65 +158,137 @@ def peak_rss_mb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m distributed.worker",
-        description="One data-parallel worker: connects to a parameter server and computes gradients.",
-    )
-    parser.add_argument("--connect", required=True, help="the server's endpoint, e.g. tcp://127.0.0.1:5555")
-    parser.add_argument("--rank", type=int, required=True, help="this worker's rank, 0 .. workers-1")
-    parser.add_argument(
-        "--join-timeout",
-        metavar="SECONDS",
-        type=float,
-        default=120.0,
-        help="give up when the server has not welcomed this worker after this many seconds; once "
-        "welcomed, the job's --timeout applies (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--keys",
-        metavar="DIR",
-        required=True,
-        help="folder with worker.key_secret and server.key (written by `launch keygen`)",
-    )
-    parser.add_argument(
-        "--watch-stdin",
-        action="store_true",
-        help="exit when standard input closes (the launcher's lifeline, so no worker outlives it)",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+class ServerSilent(TimeoutError):
+    """The server, after welcoming this worker, said nothing for the job's --timeout."""
 
-    from threadpoolctl import threadpool_limits
 
-    from .lifeline import exit_when_stdin_closes
-    from .transport import ServerSilent, serve_worker
+class ComputeThread:
+    """One daemon thread that runs `worker.handle` on one message at a time.
 
-    if args.watch_stdin:
-        exit_when_stdin_closes(f"worker {args.rank}")
-    # one BLAS thread: deterministic bits, and N workers share the cores without oversubscribing
-    threadpool_limits(1)
-    worker = Worker(args.rank)
+    A daemon, so a computation that hangs never keeps the process from exiting. When a job ends,
+    a byte on a pipe wakes the talking thread's poll. The pipe is never closed: the thread may
+    still write to it after the talking thread has given up, and the process ends soon after.
+    """
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.wake_r, self.wake_w = os.pipe()
+        self.jobs: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        self.result: tuple[list | None, BaseException | None] | None = None
+        self.busy = False
+        threading.Thread(target=self._run, name="compute", daemon=True).start()
+
+    def submit(self, msg: Message) -> None:
+        self.busy, self.result = True, None
+        self.jobs.put(msg)
+
+    def take(self) -> list | None:
+        """The finished job's reply; raises what the job raised."""
+        os.read(self.wake_r, 1)
+        (reply, error), self.result, self.busy = self.result, None, False
+        if error is not None:
+            raise error
+        return reply
+
+    def _run(self) -> None:
+        while True:
+            msg = self.jobs.get()
+            try:
+                self.result = (self.worker.handle(msg), None)
+            except BaseException as e:  # handed to the talking thread, which raises it
+                self.result = (None, e)
+            os.write(self.wake_w, b".")
+
+
+def serve(worker: Worker, endpoint: str, keys: Keys, join_timeout: float) -> None:
+    """Run `worker` over a CURVE DEALER socket connected to the server until it is told to stop.
+
+    This thread only talks: it sends HELLO every second until welcomed (giving up after
+    `join_timeout`), then heartbeats, and notices a server silent for the job's --timeout, which
+    the welcome carries. The work (setup, gradients) runs on one compute thread; an error there
+    ends the worker. While a gradient is being computed, a heartbeat goes out only if a
+    micro-shard has finished since the last one, so a computation that hangs goes silent like a
+    dead process does. Each heartbeat says how many PARAMS this worker has answered, so the
+    server can tell an answer it rejected from one still being computed.
+    """
+    timeout, interval = join_timeout, HELLO_INTERVAL_S
+    context = zmq.Context()
+    socket = context.socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.SNDTIMEO, int(join_timeout * 1000))  # a send that cannot be queued fails
+    socket.curve_secretkey = keys.secret
+    socket.curve_publickey = keys.public
+    socket.curve_serverkey = keys.peer_public
+    compute = ComputeThread(worker)
+    poller = zmq.Poller()
+    poller.register(socket, zmq.POLLIN)
+    poller.register(compute.wake_r, zmq.POLLIN)
+    todo: deque[Message] = deque()
+    computing = False  # the current job is a gradient (not the setup)
+    welcomed = False
+    answered = 0  # PARAMS messages finished
+
+    def send(frames: Sequence[Any]) -> None:
+        try:
+            socket.send_multipart(frames, copy=False)
+        except zmq.Again:
+            raise ConnectionError(f"cannot send to the server at {endpoint}: nothing leaves") from None
+
     try:
-        serve_worker(
-            worker,
-            args.connect,
-            keys.read(args.keys, keys.WORKER),
-            args.join_timeout,
-        )
-    except ServerSilent as e:
-        print(f"worker {args.rank}: error: {e}", file=sys.stderr, flush=True)
-        return EXIT_SERVER_SILENT
-    except (TimeoutError, ConnectionError, ProtocolError, OSError, ValueError) as e:
-        print(f"worker {args.rank}: error: {e}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    if worker.stop_reason.startswith("dropped"):
-        print(f"worker {args.rank}: error: the server {worker.stop_reason}", file=sys.stderr, flush=True)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        socket.connect(endpoint)
+        heard = beat_due = time.monotonic()
+        beat_progress = -1
+        while not worker.stopped:
+            if compute.busy and compute.result is not None:
+                reply = compute.take()  # the compute thread's errors are raised here
+                if reply is not None:
+                    send(reply)
+                answered += computing
+            if not compute.busy and todo:
+                msg = todo.popleft()
+                computing = msg.type == protocol.PARAMS
+                compute.submit(msg)
+            now = time.monotonic()
+            if now >= beat_due:
+                if not welcomed:
+                    send(worker.hello())  # again and again: the rank may not be free yet
+                elif not (compute.busy and computing and worker.progress == beat_progress):
+                    send(protocol.encode(protocol.HEARTBEAT, rank=worker.rank, answered=answered))
+                beat_progress, beat_due = worker.progress, now + interval
+            if now - heard > timeout:
+                if not welcomed:
+                    raise TimeoutError(
+                        f"the server at {endpoint} did not welcome this worker in {timeout:g} s"
+                    )
+                raise ServerSilent(
+                    f"the server at {endpoint} has not said anything for {timeout:g} s: it is gone or stuck"
+                )
+            wait = max(0.0, min(beat_due, heard + timeout) - now)
+            for ready, _ in poller.poll(wait * 1000 + 1):
+                if ready is not socket:
+                    continue  # the compute thread is done: handled at the top of the loop
+                frames = socket.recv_multipart(copy=False)
+                heard = time.monotonic()
+                try:
+                    msg = protocol.decode(frames)
+                except ProtocolError as e:
+                    log.warning("worker %d: rejected a message from the server: %s", worker.rank, e)
+                    continue
+                if msg.type == protocol.WELCOME and not welcomed:
+                    try:  # from now on, the job's timeout, as the server counts it
+                        timeout = JobConfig.from_dict(msg["config"]).timeout
+                    except (TypeError, ValueError) as e:
+                        raise ProtocolError(f"bad job config from the server: {e}") from None
+                    interval = timeout / protocol.HEARTBEATS_PER_TIMEOUT
+                    welcomed = True
+                    todo.append(msg)
+                elif msg.type == protocol.PARAMS:
+                    todo.append(msg)
+                else:
+                    try:
+                        worker.handle(msg)  # HEARTBEAT, STOP: nothing to compute
+                    except ProtocolError as e:
+                        log.warning("worker %d: rejected a message from the server: %s", worker.rank, e)
+    finally:
+        socket.close(linger=0)
+        context.term()

@@ -1,4 +1,4 @@
-"""`python -m launch`: the same as the `launch` command."""
+"""`python -m numpy_cnn.launch`: the same as the `launch` command."""
 
 import sys
 

@@ -7,10 +7,10 @@ import json
 import logging
 import sys
 
-from distributed import keys
-from distributed.config import FAILURE_POLICIES, JobConfig
-from distributed.protocol import ProtocolError
-from numpy_cnn.train import add_arguments, non_negative_int, parse_config, positive_float, positive_int
+from numpy_cnn.cli import add_arguments, non_negative_int, parse_config, positive_float, positive_int
+from numpy_cnn.distributed import keys
+from numpy_cnn.distributed.config import FAILURE_POLICIES, JobConfig
+from numpy_cnn.distributed.protocol import ProtocolError
 
 from .progress import Progress
 from .supervisor import Job
@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         "of each batch, and they talk over ZeroMQ on 127.0.0.1. Any number of workers gives the "
         "same weights, bit for bit.",
         epilog="examples: launch --workers 4 conv-net; launch keygen DIR writes CURVE keys for a "
-        "job that spans machines (see the README)",
+        "job that spans machines, and launch worker --connect ENDPOINT --rank R --keys DIR starts a "
+        "worker on another machine (see the README)",
     )
     add_arguments(
         parser,
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=non_negative_int,
         default=None,
         help="start ranks 0 .. N-1 here and wait for the others to connect from elsewhere with "
-        "`python -m distributed.worker` (default: all of --workers)",
+        "`launch worker` (default: all of --workers)",
     )
     return parser
 
@@ -103,12 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["keygen"]:
         return keygen(argv[1:])
+    if argv[:1] in (["worker"], ["server"]):
+        from . import roles  # the processes a job is made of
+
+        return roles.worker_main(argv[1:]) if argv[0] == "worker" else roles.server_main(argv[1:])
     parser = build_parser()
     config, args = parse_config(parser, argv, JobConfig)
-    try:
-        config.check()
-    except ValueError as e:
-        parser.error(str(e))
     if args.local_workers is not None and args.local_workers > config.workers:
         parser.error(f"--local-workers {args.local_workers} is more than --workers {config.workers}")
     local = config.workers if args.local_workers is None else args.local_workers
@@ -147,19 +148,14 @@ def run_single_process(config: JobConfig) -> int:
     """The server and every worker in this process, over direct calls instead of sockets."""
     from threadpoolctl import threadpool_limits
 
-    from distributed.server import ParameterServer
-    from distributed.transport import LocalTransport
-    from distributed.worker import Worker
-    from numpy_cnn.data import load
+    from numpy_cnn.distributed.inprocess import in_process_server
 
     progress = Progress()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     # one BLAS thread, as each worker process has: the same bits as the multiprocess run
     threadpool_limits(1)
     try:
-        data = load(config.dataset, config.data_dir)
-        transport = LocalTransport([Worker(rank, data) for rank in range(config.workers)])
-        server = ParameterServer(config, transport, data, events=progress.event, echo=progress.write)
+        server = in_process_server(config, events=progress.event, log=progress.write)
         progress.start(server.total_steps)
         server.run()
     except KeyboardInterrupt:

@@ -2,7 +2,8 @@
 
 Every child runs in its own session, so Ctrl-C reaches only the launcher, which then stops them
 all in order. Each child's stdin is a pipe the launcher never writes: when the launcher dies,
-even by SIGKILL, the pipe closes and the child exits (distributed/lifeline.py).
+even by SIGKILL, the pipe closes and the child exits (numpy_cnn/distributed/lifeline.py). Each
+child is this command again: `launch server` or `launch worker` (launch/roles.py).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import sys
 import threading
 import time
 
-from distributed.config import JobConfig
-from distributed.keys import TemporaryKeys
-from distributed.worker import EXIT_SERVER_SILENT
+from numpy_cnn.distributed.config import JobConfig
+from numpy_cnn.distributed.keys import TemporaryKeys
+from numpy_cnn.distributed.worker import EXIT_SERVER_SILENT
 
 from .progress import Progress
 
@@ -121,7 +122,8 @@ class Job:
 
     def _spawn(self, name: str, args: list[str], env_extra: dict | None = None, pass_fds=()) -> Child:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
-        child = Child(name, [sys.executable, "-m", *args, "--watch-stdin"], self.progress, env, pass_fds)
+        argv = [sys.executable, "-m", "numpy_cnn.launch", *args, "--watch-stdin"]
+        child = Child(name, argv, self.progress, env, pass_fds)
         self.children.append(child)
         self.say(f"started {name} (pid {child.pid})")
         return child
@@ -142,7 +144,7 @@ class Job:
             server = self._spawn(
                 "server",
                 [
-                    "distributed.server",
+                    "server",
                     "--config",
                     json.dumps(self.config.to_dict()),
                     "--events-fd",
@@ -223,7 +225,7 @@ class Job:
         self.workers[rank] = self._spawn(
             f"worker {rank}",
             [
-                "distributed.worker",
+                "worker",
                 "--connect",
                 self.endpoint,
                 "--rank",

@@ -1,4 +1,5 @@
-"""Test accuracy of a net on a data split, in chunks so the im2col buffers stay small."""
+"""What a run measures: test accuracy (in chunks, so the im2col buffers stay small), and the
+per-epoch records that serial and data-parallel training both write."""
 
 from __future__ import annotations
 
@@ -25,3 +26,32 @@ def evaluate(
         if between is not None:
             between()  # e.g. the parameter server keeping its heartbeats going
     return correct / len(split)
+
+
+def epoch_record(
+    epoch: int,
+    step: int,
+    loss: float,
+    train_acc: float,
+    test_acc: float,
+    seconds: float,
+    samples: int,
+) -> dict:
+    """One line of --metrics output; distributed training writes the same keys."""
+    return {
+        "epoch": epoch,
+        "step": step,
+        "loss": round(loss, 6),
+        "train_acc": round(train_acc, 6),
+        "test_acc": round(test_acc, 6),
+        "seconds": round(seconds, 4),
+        "samples_per_s": round(samples / seconds, 1) if seconds > 0 else None,
+    }
+
+
+def format_record(r: dict, epochs: int) -> str:
+    return (
+        f"epoch {r['epoch']}/{epochs}  step {r['step']}  loss {r['loss']:.4f}  "
+        f"train {100 * r['train_acc']:.2f}%  test {100 * r['test_acc']:.2f}%  "
+        f"{r['seconds']:.2f} s  {r['samples_per_s']} samples/s"
+    )

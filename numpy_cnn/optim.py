@@ -78,7 +78,12 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Kingma & Ba (2015) with bias correction, in the same arithmetic order as torch.optim.Adam."""
+    """Kingma & Ba (2015) with bias correction, as torch.optim.Adam defines it.
+
+    The arithmetic is m = b1*m + (1-b1)*g and v = b2*v + (1-b2)*g*g, then
+    p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps). torch computes m with lerp_, which
+    rounds differently, so the two agree to float32 rounding (the tests use rtol 2e-6), not bitwise.
+    """
 
     state_names = ("m", "v")
 

@@ -1,15 +1,24 @@
-"""Micro-shards of a global batch, and the one fixed binary tree that sums their gradients.
+"""Micro-shards of a global batch, the one fixed binary tree that sums their gradients, and the
+step that computes them.
 
 The tree over shards [0, S) never changes, so the sum has the same bits whoever computes which
 part: a worker owning a contiguous run of shards pre-sums only whole subtrees of it (its `cover`),
-and the server adds the subtrees it receives at exactly the nodes where they belong.
+and the server adds the subtrees it receives at exactly the nodes where they belong. Which worker
+computes which nodes is numpy_cnn.distributed's business (ranks.py); serial training needs only
+the tree.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from .loss import CrossEntropyLoss
+from .models import build
+from .net import Net
 
 Node = tuple[int, int]  # shards [lo, hi)
 
@@ -19,16 +28,6 @@ def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
     base, extra = divmod(n, shards)
     starts = [k * base + min(k, extra) for k in range(shards + 1)]
     return list(zip(starts[:-1], starts[1:]))
-
-
-def worker_shards(rank: int, workers: int, shards: int) -> Node:
-    """The contiguous shard ids [lo, hi) that worker `rank` computes."""
-    if shards % workers:
-        raise ValueError(f"{shards} shards cannot be split evenly over {workers} workers")
-    if not 0 <= rank < workers:
-        raise ValueError(f"rank {rank} is not in [0, {workers})")
-    per = shards // workers
-    return rank * per, (rank + 1) * per
 
 
 def children(node: Node) -> tuple[Node, Node]:
@@ -83,61 +82,62 @@ def leaves_of(nodes: Sequence[Node]) -> list[int]:
     return sorted(k for lo, hi in nodes for k in range(lo, hi))
 
 
-def cover_leaves(leaves: Sequence[int], shards: int) -> list[Node]:
-    """The fewest tree nodes covering exactly these shard ids (sorted, distinct), left to right."""
-    nodes: list[Node] = []
-    start = 0
-    for i in range(1, len(leaves) + 1):
-        if i == len(leaves) or leaves[i] != leaves[i - 1] + 1:  # the end of a contiguous run
-            nodes.extend(cover(leaves[start], leaves[i - 1] + 1, shards))
-            start = i
-    return nodes
+def shard_gradient(
+    net: Net, loss_f: CrossEntropyLoss, x: np.ndarray, y: np.ndarray, total: int
+) -> tuple[float, int]:
+    """Forward and backward on one micro-shard of a `total`-sample batch: fills net's gradients
+    with those of (sum of the shard's losses) / total, so the shards' gradients add up to the
+    batch's mean gradient. Returns (sum of losses, correct count)."""
+    if len(y) == 0:  # a short last batch can leave a micro-shard empty
+        for p in net.parameters:
+            p.grad.fill(0)
+        return 0.0, 0
+    preds = net.forward(x)
+    loss = loss_f.loss(preds, y) * len(y)
+    net.backward(loss_f.grad(preds, y, total=total))
+    return loss, int(np.sum(preds.argmax(axis=1) == y))
 
 
-def share(nodes: Sequence[Node], ranks: Sequence[int], shards: int) -> dict[int, list[Node]]:
-    """Split the shards under `nodes` into len(ranks) contiguous, near-equal runs, one per rank.
+class ShardedStep:
+    """Forward and backward of one batch as `shards` micro-shards on a thread pool.
 
-    Any split gives the same sum: every piece is a node of the one tree.
+    Each micro-shard has its own replica of the net (sharing the weight arrays, owning its
+    gradients and caches) and one BLAS thread, so its gradient has the same bits whichever thread
+    computes it; the shards' gradients are added in the fixed tree. With the same --shards,
+    serial training and `launch` therefore produce the same weights bit for bit.
     """
-    if not ranks:
-        return {}
-    leaves = leaves_of(nodes)
-    bounds = shard_bounds(len(leaves), len(ranks))
-    out = {r: cover_leaves(leaves[lo:hi], shards) for r, (lo, hi) in zip(ranks, bounds)}
-    return {r: n for r, n in out.items() if n}
 
+    def __init__(self, config, net: Net) -> None:
+        self.net, self.shards = net, config.n_shards
+        self.loss = CrossEntropyLoss()
+        self.replicas = [net]
+        if self.shards > 1:
+            self.replicas = [
+                build(config.model, seed=config.seed, dtype=config.dtype) for _ in range(self.shards)
+            ]
+            for replica in self.replicas:
+                for rp, p in zip(replica.parameters, net.parameters):
+                    rp.data = p.data  # the optimizer updates these arrays in place: replicas follow
+        threads = config.threads or min(os.cpu_count() or 1, self.shards)
+        self.pool = ThreadPoolExecutor(threads) if threads > 1 and self.shards > 1 else None
+        self.scratch: dict[Node, list[np.ndarray]] = {}
 
-def plan(alive: Sequence[int], workers: int, shards: int) -> dict[int, list[Node]]:
-    """Which nodes each live rank computes: its own shards, plus a share of the missing ranks'."""
-    own = {r: cover(*worker_shards(r, workers, shards), shards) for r in range(workers)}
-    result = {r: list(own[r]) for r in alive}
-    missing = [node for r in range(workers) if r not in result for node in own[r]]
-    for r, extra in share(missing, list(alive), shards).items():
-        result[r] = sorted(result[r] + extra)
-    return result
+    def _leaf(self, k: int, x: np.ndarray, y: np.ndarray, bounds: list, total: int) -> tuple[float, int]:
+        lo, hi = bounds[k]
+        return shard_gradient(self.replicas[k], self.loss, x[lo:hi], y[lo:hi], total)
 
+    def __call__(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        """Fill the net's gradients for batch (x, y); returns (sum of losses, correct count)."""
+        bounds = shard_bounds(len(y), self.shards)
+        leaves = range(self.shards)
+        run = self.pool.map if self.pool is not None else map
+        results = list(run(lambda k: self._leaf(k, x, y, bounds, len(y)), leaves))
+        if self.shards > 1:
+            parts = {(k, k + 1): [p.grad for p in self.replicas[k].parameters] for k in leaves}
+            for p, g in zip(self.net.parameters, tree_sum((0, self.shards), parts, self.scratch)):
+                p.grad = g
+        return sum(r[0] for r in results), sum(r[1] for r in results)
 
-def parse_nodes(value: object, shards: int) -> list[Node]:
-    """Nodes sent as [[lo, hi], ...]; ValueError unless they are distinct nodes of the tree."""
-    if not isinstance(value, list) or not value:
-        raise ValueError(f"nodes {value!r} are not a non-empty list")
-    nodes: list[Node] = []
-    for item in value:
-        if not (isinstance(item, list) and len(item) == 2 and all(type(x) is int for x in item)):
-            raise ValueError(f"node {item!r} is not [lo, hi]")
-        node = (item[0], item[1])
-        if not _in_tree(node, (0, shards)):
-            raise ValueError(f"[{node[0]}, {node[1]}) is not a node of the tree over {shards} shards")
-        nodes.append(node)
-    leaves = leaves_of(nodes)
-    if len(set(leaves)) != len(leaves):
-        raise ValueError(f"nodes {value!r} overlap")
-    return nodes
-
-
-def _in_tree(node: Node, root: Node) -> bool:
-    if node == root:
-        return True
-    if root[1] - root[0] <= 1 or not (root[0] <= node[0] < node[1] <= root[1]):
-        return False
-    return any(_in_tree(node, child) for child in children(root))
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()

@@ -51,7 +51,7 @@ def mnist_dir() -> Path:
 @pytest.fixture(scope="session")
 def job_keys(tmp_path_factory) -> Path:
     """A folder of CURVE keys, as `launch keygen` writes them."""
-    from distributed import keys
+    from numpy_cnn.distributed import keys
 
     return keys.write(tmp_path_factory.mktemp("keys") / "job")
 
@@ -59,8 +59,8 @@ def job_keys(tmp_path_factory) -> Path:
 @pytest.fixture
 def server_transport(job_keys):
     """make(**kwargs) -> a ZmqServerTransport holding the job's server keys; closed after the test."""
-    from distributed import keys
-    from distributed.transport import ZmqServerTransport
+    from numpy_cnn.distributed import keys
+    from numpy_cnn.distributed.transport import ZmqServerTransport
 
     made = []
 
@@ -81,7 +81,7 @@ def spawn_workers(job_keys):
 
     def start(endpoint: str, n: int, ranks=None) -> list[subprocess.Popen]:
         for rank in range(n) if ranks is None else ranks:
-            argv = ["-m", "distributed.worker", "--connect", endpoint, "--rank", str(rank)]
+            argv = ["-m", "numpy_cnn.launch", "worker", "--connect", endpoint, "--rank", str(rank)]
             started.append(
                 subprocess.Popen(
                     # --watch-stdin: if this test process dies, its workers exit too

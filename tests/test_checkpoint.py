@@ -7,7 +7,8 @@ import pytest
 
 from numpy_cnn import checkpoint
 from numpy_cnn.checkpoint import CheckpointError
-from numpy_cnn.train import Config, main, train
+from numpy_cnn.config import Config
+from numpy_cnn.train import main, train
 
 
 def _write(directory, step, value=1.0):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from numpy_cnn import models
-from numpy_cnn.train import Config, main, train
+from numpy_cnn.config import Config
+from numpy_cnn.train import main, train
 
 
 @pytest.mark.parametrize("model,steps", [("fc-net", 300), ("conv-net", 400)])
@@ -132,7 +133,7 @@ def test_sharded_step_gives_the_full_batch_gradient(model, shards, n):
     # a shard empty
     from numpy_cnn.loss import CrossEntropyLoss
     from numpy_cnn.models import input_shape
-    from numpy_cnn.train import ShardedStep
+    from numpy_cnn.shards import ShardedStep
 
     config = Config(model, shards=shards, dtype="float64", threads=2)
     rng = np.random.default_rng(0)

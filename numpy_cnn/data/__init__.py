@@ -1,10 +1,12 @@
 """Data: the IDX reader, MNIST sources, and seeded mini-batches."""
 
 from .batches import (
+    Batch,
     batch_indices,
     batches,
     epoch_order,
     epoch_shifts,
+    global_batch,
     shift_images,
     steps_per_epoch,
     to_float,
@@ -13,6 +15,7 @@ from .idx import IDXError, read_idx
 from .mnist import DATASETS, MNIST, DataNotFound, Split, load
 
 __all__ = [
+    "Batch",
     "DATASETS",
     "MNIST",
     "DataNotFound",
@@ -22,6 +25,7 @@ __all__ = [
     "batches",
     "epoch_order",
     "epoch_shifts",
+    "global_batch",
     "load",
     "read_idx",
     "shift_images",

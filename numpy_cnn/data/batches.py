@@ -1,9 +1,15 @@
-"""Seeded mini-batches: the order of epoch e is a pure function of (seed, epoch)."""
+"""Seeded mini-batches: global batch (epoch, index) is a pure function of the seed.
+
+`global_batch` is the one place a batch is made: serial training, every worker and the server
+all ask it, so they cannot disagree on which samples (and shifts) batch (epoch, index) holds.
+"""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -46,6 +52,53 @@ def batch_indices(order: np.ndarray, batch_size: int, step: int) -> np.ndarray:
     return order[step * batch_size : (step + 1) * batch_size]
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One global batch: which samples of the split, in order, and each one's shift (dy, dx)."""
+
+    indices: np.ndarray  # (B,) positions in the split
+    shifts: np.ndarray | None  # (B, 2), or None without augmentation
+    max_shift: int
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def samples(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        shape: tuple[int, ...],
+        lo: int = 0,
+        hi: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(x float32 (hi-lo, *shape), y) of samples [lo, hi) of the batch, shifted if augmenting."""
+        idx = self.indices[lo:hi]
+        moved = images[idx]
+        if self.shifts is not None:
+            moved = shift_images(moved, self.shifts[lo:hi], self.max_shift)
+        return to_float(moved, shape), labels[idx]
+
+
+@functools.lru_cache(maxsize=2)  # a worker asks for every batch of an epoch in turn: draw once
+def _epoch_plan(n: int, seed: int, epoch: int, max_shift: int) -> tuple[np.ndarray, np.ndarray | None]:
+    order = epoch_order(n, seed, epoch)
+    shifts = epoch_shifts(n, seed, epoch, max_shift) if max_shift else None
+    for a in (order, shifts):
+        if a is not None:
+            a.setflags(write=False)  # shared by every caller
+    return order, shifts
+
+
+def global_batch(n: int, batch_size: int, seed: int, epoch: int, index: int, max_shift: int = 0) -> Batch:
+    """Batch `index` of epoch `epoch` over a split of n samples; the last one may be short."""
+    order, shifts = _epoch_plan(n, seed, epoch, max_shift)
+    return Batch(
+        batch_indices(order, batch_size, index),
+        None if shifts is None else batch_indices(shifts, batch_size, index),
+        max_shift,
+    )
+
+
 def batches(
     images: np.ndarray,
     labels: np.ndarray,
@@ -58,11 +111,7 @@ def batches(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(x float32 (B, *shape), y int64 (B,)) for each step of the epoch from `start` on; with
     max_shift > 0 each image is randomly translated (augmentation), as drawn by epoch_shifts."""
-    order = epoch_order(len(images), seed, epoch)
-    shifts = epoch_shifts(len(images), seed, epoch, max_shift) if max_shift else None
-    for step in range(start, steps_per_epoch(len(images), batch_size)):
-        idx = batch_indices(order, batch_size, step)
-        moved = images[idx]
-        if shifts is not None:
-            moved = shift_images(moved, batch_indices(shifts, batch_size, step), max_shift)
-        yield to_float(moved, shape), labels[idx]
+    for index in range(start, steps_per_epoch(len(images), batch_size)):
+        yield global_batch(len(images), batch_size, seed, epoch, index, max_shift).samples(
+            images, labels, shape
+        )

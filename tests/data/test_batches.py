@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from numpy_cnn.data import batch_indices, batches, epoch_order, steps_per_epoch, to_float
+from numpy_cnn.data import (
+    batch_indices,
+    batches,
+    epoch_order,
+    epoch_shifts,
+    global_batch,
+    shift_images,
+    steps_per_epoch,
+    to_float,
+)
 
 
 def test_order_is_a_pure_function_of_seed_and_epoch():
@@ -46,3 +55,54 @@ def test_to_float_range_and_shape():
 def test_negative_seed_is_an_error():
     with pytest.raises(ValueError):
         epoch_order(10, -1, 0)
+
+
+IMAGE = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], dtype=np.uint8)
+# out[y, x] = image[y + dy, x + dx], zero outside: a positive dy moves the content up, a positive
+# dx moves it left. Written out by hand, not computed.
+SHIFTED = {
+    (0, 0): [[1, 2, 3], [4, 5, 6], [7, 8, 9]],
+    (1, 0): [[4, 5, 6], [7, 8, 9], [0, 0, 0]],
+    (-1, 0): [[0, 0, 0], [1, 2, 3], [4, 5, 6]],
+    (0, 1): [[2, 3, 0], [5, 6, 0], [8, 9, 0]],
+    (0, -1): [[0, 1, 2], [0, 4, 5], [0, 7, 8]],
+    (1, 1): [[5, 6, 0], [8, 9, 0], [0, 0, 0]],
+    (1, -1): [[0, 4, 5], [0, 7, 8], [0, 0, 0]],
+    (-1, 1): [[0, 0, 0], [2, 3, 0], [5, 6, 0]],
+    (-1, -1): [[0, 0, 0], [0, 1, 2], [0, 4, 5]],
+    (2, 0): [[7, 8, 9], [0, 0, 0], [0, 0, 0]],
+    (0, -2): [[0, 0, 1], [0, 0, 4], [0, 0, 7]],
+    (2, 2): [[9, 0, 0], [0, 0, 0], [0, 0, 0]],
+}
+
+
+@pytest.mark.parametrize("max_shift", [2, 3])
+def test_shift_images_moves_every_direction_and_fills_zeros(max_shift):
+    shifts = np.array(list(SHIFTED), dtype=np.int64)
+    got = shift_images(np.repeat(IMAGE[None], len(shifts), axis=0), shifts, max_shift)
+    for k, shift in enumerate(SHIFTED):
+        np.testing.assert_array_equal(got[k], SHIFTED[shift], err_msg=f"shift {shift}")
+    np.testing.assert_array_equal(shift_images(IMAGE[None], np.array([[1, 1]]), 0)[0], IMAGE)  # off
+
+
+def test_global_batch_is_the_one_batch_everyone_uses():
+    images = np.arange(50 * 9, dtype=np.uint8).reshape(50, 3, 3)
+    labels = np.arange(50) % 10
+    for index in range(steps_per_epoch(50, 8)):
+        batch = global_batch(50, 8, seed=4, epoch=3, index=index, max_shift=1)
+        assert len(batch) == (8 if index < 6 else 2)  # the last batch is short
+        np.testing.assert_array_equal(batch.indices, batch_indices(epoch_order(50, 4, 3), 8, index))
+        np.testing.assert_array_equal(batch.shifts, batch_indices(epoch_shifts(50, 4, 3, 1), 8, index))
+        x, y = batch.samples(images, labels, (9,))
+        np.testing.assert_array_equal(y, labels[batch.indices])
+        want = shift_images(images[batch.indices], batch.shifts, 1).reshape(len(batch), 9) / np.float32(255)
+        np.testing.assert_array_equal(x, want)
+        # a worker's slice of the batch has exactly the bits of the same rows of the whole batch
+        for lo, hi in [(0, 1), (1, 5), (5, len(batch))]:
+            xs, ys = batch.samples(images, labels, (9,), lo, hi)
+            assert xs.tobytes() == x[lo:hi].tobytes() and np.array_equal(ys, y[lo:hi])
+    served = [y for _, y in batches(images, labels, 8, 4, 3, (9,), max_shift=1)]
+    assert all(
+        np.array_equal(s, labels[global_batch(50, 8, 4, 3, i, 1).indices]) for i, s in enumerate(served)
+    )
+    assert global_batch(50, 8, 4, 3, 0).shifts is None  # no augmentation, no shifts drawn

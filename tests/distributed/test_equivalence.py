@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from conftest import assert_close
 
-from distributed.config import JobConfig
-from distributed.server import EpochStats, ParameterServer
-from distributed.transport import LocalTransport
-from distributed.worker import Worker
 from numpy_cnn.data import batches, load, steps_per_epoch
+from numpy_cnn.distributed.config import JobConfig
+from numpy_cnn.distributed.inprocess import in_process_server
+from numpy_cnn.distributed.server import ParameterServer
+from numpy_cnn.distributed.stats import EpochStats
 from numpy_cnn.loss import CrossEntropyLoss
 from numpy_cnn.models import build, input_shape
 
@@ -39,7 +39,7 @@ def serial_gradient(config: JobConfig, data, epoch: int, index: int) -> list[np.
             epoch,
             input_shape(config.model),
             start=index,
-            max_shift=config.n_shift,
+            max_shift=config.max_shift,
         )
     )
     loss = CrossEntropyLoss()
@@ -90,17 +90,14 @@ def test_workers_over_zeromq_give_the_full_batch_gradient(
 def test_uneven_and_short_batches_are_exact_too(mnist, workers, batch_size, last):
     config = JobConfig("conv-net", workers=workers, batch_size=batch_size, dtype="float64")
     index = steps_per_epoch(len(mnist.train), batch_size) - 1 if last else 3
-    transport = LocalTransport([Worker(r, mnist) for r in range(workers)])
-    gradient = combined_gradient(ParameterServer(config, transport, mnist), epoch=2, index=index)
+    gradient = combined_gradient(in_process_server(config, mnist), epoch=2, index=index)
     for got, want in zip(gradient, serial_gradient(config, mnist, epoch=2, index=index)):
         assert_close(got, want, rtol=RTOL["float64"])
 
 
 def test_in_process_and_zeromq_workers_give_the_same_bits(mnist, mnist_dir, spawn_workers, server_transport):
     config = JobConfig("conv-net", workers=2, data_dir=str(mnist_dir))
-    local = combined_gradient(
-        ParameterServer(config, LocalTransport([Worker(r, mnist) for r in range(2)]), mnist), 1, 7
-    )
+    local = combined_gradient(in_process_server(config, mnist), 1, 7)
     transport = server_transport()
     try:
         server = ParameterServer(config, transport, mnist)

@@ -10,12 +10,13 @@ import pytest
 import zmq
 from threadpoolctl import threadpool_limits
 
-from distributed import keys, protocol
-from distributed.config import JobConfig
-from distributed.server import EpochStats, ParameterServer
-from distributed.transport import LocalTransport, serve_worker
-from distributed.worker import EXIT_SERVER_SILENT, Worker
 from numpy_cnn.data import load
+from numpy_cnn.distributed import keys, protocol
+from numpy_cnn.distributed.config import JobConfig
+from numpy_cnn.distributed.inprocess import in_process_server
+from numpy_cnn.distributed.server import ParameterServer
+from numpy_cnn.distributed.stats import EpochStats
+from numpy_cnn.distributed.worker import EXIT_SERVER_SILENT, Worker, serve
 
 
 def test_workers_notice_a_dead_server_within_the_timeout(mnist_dir, spawn_workers, server_transport):
@@ -79,7 +80,7 @@ def test_a_step_with_no_worker_waits_for_one_then_gives_it_everything(
     data = load("mnist", str(mnist_dir))
     config = JobConfig("fc-net", workers=2, timeout=1.0, join_timeout=30.0, data_dir=str(mnist_dir))
     with threadpool_limits(1):  # as in every worker process: one BLAS thread, the same bits
-        clean = ParameterServer(config, LocalTransport([Worker(r, data) for r in range(2)]), data)
+        clean = in_process_server(config, data)
         clean.register()
         clean.train_step(0, 4, EpochStats())
 
@@ -121,7 +122,7 @@ def test_a_worker_whose_answers_are_rejected_is_dropped_and_its_work_redone(
     server = ParameterServer(config, server_transport(), data)
     spawn_workers(server.transport.endpoint, 1, ranks=[0])
     bad = threading.Thread(
-        target=serve_worker,
+        target=serve,
         args=(Miscounts(1, data), server.transport.endpoint, keys.read(job_keys, keys.WORKER), 30.0),
         daemon=True,
     )
@@ -132,7 +133,7 @@ def test_a_worker_whose_answers_are_rejected_is_dropped_and_its_work_redone(
         assert not bad.is_alive()  # the server told it to stop when it dropped it
         assert server.lost == 1 and server.rejected >= 1
 
-        clean = ParameterServer(config, LocalTransport([Worker(r, data) for r in range(2)]), data)
+        clean = in_process_server(config, data)
         clean.run()
     for a, b in zip(server.params, clean.params):
         assert a.data.tobytes() == b.data.tobytes()

@@ -15,13 +15,15 @@ import numpy as np
 import pytest
 import zmq
 
-from distributed import keys, protocol
-from distributed.config import JobConfig
-from distributed.server import ParameterServer
-from distributed.transport import LocalTransport
-from distributed.worker import Worker
 from numpy_cnn import checkpoint
 from numpy_cnn.data import load
+from numpy_cnn.distributed import keys, protocol
+from numpy_cnn.distributed.config import JobConfig
+from numpy_cnn.distributed.inprocess import in_process_server
+from numpy_cnn.distributed.server import ParameterServer
+from numpy_cnn.distributed.transport import LocalTransport
+from numpy_cnn.distributed.worker import Worker
+from numpy_cnn.models import build
 
 
 def malformed(rng: np.random.Generator, params: list[np.ndarray], step: int) -> list[bytes]:
@@ -128,7 +130,7 @@ def test_server_survives_thousands_of_malformed_messages(
 ):
     data = load("mnist", str(mnist_dir))
     config = JobConfig("conv-net", workers=2, max_steps=300, epochs=1, data_dir=str(mnist_dir))
-    largest = max(p.data.nbytes for p in ParameterServer(config, LocalTransport([]), data).params)
+    largest = max(p.data.nbytes for p in build(config.model).parameters)
     transport = server_transport(max_message_bytes=max(largest, protocol.MAX_HEADER_BYTES))
     stop, sent = threading.Event(), [0, 0]
     try:
@@ -148,7 +150,7 @@ def test_server_survives_thousands_of_malformed_messages(
     assert sent[1] == 0, "the server answered a stranger"
     assert server.rejected >= 1000
 
-    clean = ParameterServer(config, LocalTransport([Worker(r, data) for r in range(2)]), data)
+    clean = in_process_server(config, data)
     clean.run()
     for a, b in zip(server.params, clean.params):
         assert a.data.tobytes() == b.data.tobytes()
@@ -172,7 +174,7 @@ def test_nan_gradients_from_a_worker_stop_the_run(mnist_dir, tmp_path):
         checkpoint_dir=str(tmp_path),
         checkpoint_every=1,
     )
-    server = ParameterServer(config, LocalTransport([Worker(0, data), Broken(1, data)]), data)
+    server = in_process_server(config, data, workers=[Worker(0, data), Broken(1, data)])
     with pytest.raises(FloatingPointError, match=r"step 3: worker\(s\) \[1\] sent non-finite gradients"):
         server.run()
     assert server.step == 3  # the bad gradient never reached Adam
@@ -203,7 +205,7 @@ def test_duplicated_and_replayed_answers_from_real_workers_are_dropped(mnist_dir
     server = ParameterServer(config, Echo([Worker(r, data) for r in range(2)]), data)
     server.run()
     assert server.rejected >= 2 * 6
-    clean = ParameterServer(config, LocalTransport([Worker(r, data) for r in range(2)]), data)
+    clean = in_process_server(config, data)
     clean.run()
     for a, b in zip(server.params, clean.params):
         assert a.data.tobytes() == b.data.tobytes()

@@ -8,8 +8,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from distributed import protocol
-from distributed.protocol import ProtocolError, decode, encode
+from numpy_cnn.distributed import protocol
+from numpy_cnn.distributed.protocol import ProtocolError, decode, encode
 
 
 def _params():

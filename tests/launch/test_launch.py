@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-LAUNCH = [sys.executable, "-m", "launch"]
+LAUNCH = [sys.executable, "-m", "numpy_cnn.launch"]
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -379,7 +379,7 @@ def test_a_killed_server_resumes_bitwise_with_another_worker_count(mnist_dir, tm
 
 
 def test_keygen_writes_a_key_set_once(tmp_path):
-    from distributed import keys
+    from numpy_cnn.distributed import keys
 
     folder = tmp_path / "keys"
     result = run([*LAUNCH, "keygen", str(folder)], timeout=60)

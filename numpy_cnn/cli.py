@@ -1,0 +1,195 @@
+"""The command line of serial training, `python -m numpy_cnn.train MODEL`; `launch` builds on its flags."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+
+from .config import DEFAULT_SHARDS, DEFAULT_SHIFT, Config
+from .data.mnist import DATASETS
+from .models import DEFAULT_EPOCHS, MODELS
+from .schedules import SCHEDULES
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser, metrics_keys: str = "", shards: int | None = None) -> None:
+    """The training flags; distributed training takes the same ones (and adds `metrics_keys`)."""
+    parser.add_argument("model", choices=sorted(MODELS), help="which of the seed's models to train")
+    parser.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=None,
+        help="passes over the training set (default: the seed's, "
+        + ", ".join(f"{k} {v}" for k, v in DEFAULT_EPOCHS.items())
+        + ")",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=64,
+        help="samples per optimizer step (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--lr",
+        type=positive_float,
+        default=2e-3,
+        help="Adam's base learning rate (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--lr-schedule",
+        choices=sorted(SCHEDULES),
+        default="cosine",
+        help="cosine decays the rate to 0 over --epochs; constant keeps it (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=non_negative_int,
+        default=0,
+        help="fixes the initial weights and every epoch's order (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=positive_int,
+        default=None,
+        help="stop after this many optimizer steps in total",
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=sorted(DATASETS),
+        default="mnist",
+        help="mnist, or the drop-in fashion-mnist (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with the four IDX files, raw or .gz (default: $NUMPY_CNN_DATA, "
+        "then ~/.cache/numpy_cnn/DATASET, then download)",
+    )
+    parser.add_argument(
+        "--save",
+        metavar="PATH.npz",
+        default=None,
+        help="write the final weights here, one array per parameter",
+    )
+    parser.add_argument(
+        "--metrics",
+        metavar="PATH.jsonl",
+        default=None,
+        help="write one JSON line per epoch: epoch, step, loss, train_acc, test_acc, seconds, samples_per_s"
+        + metrics_keys,
+    )
+    parser.add_argument(
+        "--shards",
+        type=positive_int,
+        default=shards,
+        help="micro-shards each batch is cut into; fixes the order of the gradient sum, so runs "
+        "with the same --shards agree bit for bit (default: "
+        + (str(shards) if shards else ", ".join(f"{k} {v}" for k, v in DEFAULT_SHARDS.items()))
+        + ")",
+    )
+    parser.add_argument(
+        "--shift",
+        type=non_negative_int,
+        default=None,
+        metavar="PIXELS",
+        help="augmentation: translate each training image by up to this many pixels, drawn from "
+        "(seed, epoch) (default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_SHIFT.items()) + ")",
+    )
+    parser.add_argument(
+        "--checkpoint-dir",
+        metavar="DIR",
+        default=None,
+        help="write checkpoints here (atomically; the newest 3 are kept) at every epoch end",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        metavar="STEPS",
+        type=positive_int,
+        default=None,
+        help="also write a checkpoint every STEPS optimizer steps",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="DIR",
+        default=None,
+        help="continue from the newest valid checkpoint in DIR; the result is bitwise that of an "
+        "uninterrupted run",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        default="float32",
+        help="precision of weights and arithmetic; float64 is for checking (default: %(default)s)",
+    )
+
+
+def parse_config(
+    parser: argparse.ArgumentParser, argv: list[str] | None = None, config_type: type[Config] = Config
+) -> tuple[Config, argparse.Namespace]:
+    """Parse the flags into a checked `config_type` (Config, or a subclass with more fields)."""
+    args = parser.parse_args(argv)
+    fields = config_type.__dataclass_fields__
+    config = config_type(**{k: v for k, v in vars(args).items() if k in fields})
+    try:
+        config.check_paths()
+        config.check()
+    except ValueError as e:
+        parser.error(str(e))
+    return config, args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m numpy_cnn.train",
+        description="Train one of the seed's models on MNIST in this process (serial training).",
+    )
+    add_arguments(parser)
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="threads computing the micro-shards; any count gives the same bits "
+        "(default: min(cores, --shards))",
+    )
+    return parser
+
+
+def run(argv: list[str] | None, train: Callable[[Config], object]) -> int:
+    """Serial training from the command line: parse `argv`, then `train` (numpy_cnn.train.train,
+    passed in so that this module never imports the loop that imports it)."""
+    config, _ = parse_config(build_parser(), argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # e.g. which mirror is fetched
+    print("config " + json.dumps(asdict(config)), flush=True)
+    try:
+        train(config)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, RuntimeError) as e:  # CheckpointError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
