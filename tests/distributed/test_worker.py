@@ -1,0 +1,80 @@
+"""Worker, driven message by message: its gradient sums are serial training's micro-shard
+gradients bit for bit, and it refuses what it cannot compute."""
+
+from __future__ import annotations
+
+import pytest
+from threadpoolctl import threadpool_limits
+
+from numpy_cnn.data import global_batch, load
+from numpy_cnn.distributed import protocol
+from numpy_cnn.distributed.config import JobConfig
+from numpy_cnn.distributed.protocol import ProtocolError
+from numpy_cnn.distributed.worker import Worker
+from numpy_cnn.loss import CrossEntropyLoss
+from numpy_cnn.models import build, input_shape
+from numpy_cnn.shards import shard_bounds, shard_gradient, tree_sum
+
+
+@pytest.fixture(scope="module")
+def data(mnist_dir):
+    return load("mnist", str(mnist_dir))
+
+
+def welcome(worker: Worker, config: JobConfig) -> None:
+    msg = protocol.decode(protocol.encode(protocol.WELCOME, rank=worker.rank, config=config.to_dict()))
+    ready = protocol.decode(worker.handle(msg))
+    assert ready.type == protocol.READY and ready["rank"] == worker.rank
+
+
+def params(net, nodes, epoch=1, index=5, step=3):
+    return protocol.decode(
+        protocol.encode(
+            protocol.PARAMS,
+            [p.data for p in net.parameters],
+            step=step,
+            version=step,
+            epoch=epoch,
+            index=index,
+            nodes=[list(n) for n in nodes],
+        )
+    )
+
+
+def test_grads_are_the_serial_micro_shard_sums(data):
+    config = JobConfig("conv-net", workers=2, shards=4, seed=2)
+    worker = Worker(1, data)
+    welcome(worker, config)
+    net = build("conv-net", seed=7)  # weights that are not the workers' initial ones
+    with threadpool_limits(1):
+        reply = protocol.decode(worker.handle(params(net, [(2, 4)])))
+        assert reply.type == protocol.GRADS and reply["nodes"] == [[2, 4]] and reply["counts"] == [32]
+        batch = global_batch(len(data.train), 64, 2, 1, 5, config.max_shift)
+        bounds = shard_bounds(64, 4)
+        leaves = {}
+        for k in (2, 3):
+            replica = build("conv-net", seed=7)
+            x, y = batch.samples(data.train.images, data.train.labels, input_shape("conv-net"), *bounds[k])
+            shard_gradient(replica, CrossEntropyLoss(), x, y, 64)
+            leaves[(k, k + 1)] = [p.grad.copy() for p in replica.parameters]
+    want = tree_sum((2, 4), leaves, {})
+    assert [a.tobytes() for a in reply.arrays] == [w.tobytes() for w in want]
+
+
+def test_refuses_work_it_cannot_do(data):
+    worker = Worker(0, data)
+    net = build("fc-net")
+    with pytest.raises(ProtocolError, match="before the job's config"):
+        worker.handle(params(net, [(0, 2)]))
+    welcome(worker, JobConfig("conv-net", workers=2))
+    with pytest.raises(ProtocolError, match="do not match"):
+        worker.handle(params(net, [(0, 2)]))  # fc-net weights for a conv-net
+    conv = build("conv-net")
+    with pytest.raises(ProtocolError, match="not a node"):
+        worker.handle(params(conv, [(1, 3)]))
+    with pytest.raises(ProtocolError, match="has no batch"):
+        worker.handle(params(conv, [(0, 2)], index=10_000))
+    with pytest.raises(ProtocolError, match="welcomed as rank 1"):
+        worker.handle(protocol.decode(protocol.encode(protocol.WELCOME, rank=1, config={})))
+    stop = protocol.decode(protocol.encode(protocol.STOP, reason="test over"))
+    assert worker.handle(stop) is None and worker.stopped and worker.stop_reason == "test over"
