@@ -14,14 +14,50 @@ import numpy as np
 import pytest
 
 from numpy_cnn.data import DataNotFound, IDXError, load
-from numpy_cnn.data.mnist import FILES, load_file
+from numpy_cnn.data.idx import read_bytes
+from numpy_cnn.data.mnist import FILES, find_in, load_file
 
 LABELS = "train-labels-idx1-ubyte"
 REAL_PATH = os.environ.get("PATH", os.defpath)
+FORMS = ["raw", "gz"]
 
 
-def test_real_mnist_matches_its_readme(mnist_dir):
-    data = load("mnist", str(mnist_dir))
+def idx_data(folder: Path, name: str) -> bytes:
+    """The decompressed bytes of `name` in `folder`, whichever form (raw or .gz) it has there."""
+    path = find_in(folder, name)
+    assert path is not None, f"{folder} has no {name} or {name}.gz"
+    return read_bytes(path)
+
+
+def file_name(name: str, form: str) -> str:
+    return f"{name}.gz" if form == "gz" else name
+
+
+@pytest.fixture(scope="session")
+def mnist_forms(mnist_dir, tmp_path_factory) -> dict[str, Path]:
+    """The real files in each form the loader accepts, whatever form mnist_dir holds: form -> folder."""
+    forms = {form: tmp_path_factory.mktemp(f"mnist-{form}") for form in FORMS}
+    for name in FILES:
+        data, source = idx_data(mnist_dir, name), find_in(mnist_dir, name)
+        (forms["raw"] / name).write_bytes(data)
+        if source.suffix == ".gz":
+            shutil.copyfile(source, forms["gz"] / f"{name}.gz")
+        else:
+            (forms["gz"] / f"{name}.gz").write_bytes(gzip.compress(data, compresslevel=1))
+    return forms
+
+
+@pytest.fixture(params=FORMS)
+def form(request) -> str:
+    return request.param
+
+
+def test_mnist_dir_holds_every_file(mnist_dir):
+    assert mnist_dir.is_absolute() and all(find_in(mnist_dir, name) for name in FILES)
+
+
+def test_real_mnist_matches_its_readme(mnist_forms, form):
+    data = load("mnist", str(mnist_forms[form]))
     assert data.train.images.shape == (60000, 28, 28) and data.test.images.shape == (10000, 28, 28)
     assert data.train.images.dtype == np.uint8 and data.train.labels.dtype == np.int64
     np.testing.assert_array_equal(data.train.labels[:10], [5, 0, 4, 1, 9, 2, 1, 3, 1, 4])
@@ -63,8 +99,8 @@ class Mirror:
 
 
 @pytest.fixture
-def mirror(mnist_dir):
-    m = Mirror(mnist_dir)
+def mirror(mnist_forms):
+    m = Mirror(mnist_forms["gz"])  # mirrors serve NAME.gz
     yield m
     m.close()
 
@@ -74,7 +110,7 @@ def bad_mirror(tmp_path, mnist_dir):
     """Serves a labels file with one flipped label: valid gzip and IDX, wrong checksum."""
     folder = tmp_path / "bad-mirror"
     folder.mkdir()
-    data = bytearray(gzip.decompress((mnist_dir / f"{LABELS}.gz").read_bytes()))
+    data = bytearray(idx_data(mnist_dir, LABELS))
     data[8] = (data[8] + 1) % 10
     (folder / f"{LABELS}.gz").write_bytes(gzip.compress(bytes(data)))
     m = Mirror(folder)
@@ -82,17 +118,26 @@ def bad_mirror(tmp_path, mnist_dir):
     m.close()
 
 
-def test_explicit_dir_with_a_corrupted_file_is_an_error_naming_it(isolated, mnist_dir):
+def test_explicit_dir_with_a_corrupted_file_is_an_error_naming_it(isolated, mnist_forms, form):
     folder = isolated / "data"
-    shutil.copytree(mnist_dir, folder)
-    path = folder / f"{LABELS}.gz"
-    path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(IDXError, match=f"{LABELS}.gz: corrupted or truncated"):
+    folder.mkdir()
+    path = folder / file_name(LABELS, form)
+    path.write_bytes((mnist_forms[form] / path.name).read_bytes()[:-100])
+    problem = "corrupted or truncated gzip" if form == "gz" else "truncated: header"
+    with pytest.raises(IDXError, match=f"{path.name}: {problem}"):
         load_file(LABELS, "mnist", str(folder))
 
 
-def test_env_var_is_the_data_dir(isolated, mnist_dir, monkeypatch):
-    monkeypatch.setenv("NUMPY_CNN_DATA", str(mnist_dir))
+def test_env_var_is_the_data_dir(isolated, mnist_forms, form, monkeypatch):
+    monkeypatch.setenv("NUMPY_CNN_DATA", str(mnist_forms[form]))
+    assert load_file(LABELS)[:3].tolist() == [5, 0, 4]
+
+
+def test_cache_in_either_form(isolated, mnist_forms, form):
+    # the npm fallback caches raw files, the mirrors .gz ones
+    cached = isolated / "cache" / "numpy_cnn" / "mnist"
+    cached.mkdir(parents=True)
+    shutil.copyfile(mnist_forms[form] / file_name(LABELS, form), cached / file_name(LABELS, form))
     assert load_file(LABELS)[:3].tolist() == [5, 0, 4]
 
 
