@@ -7,6 +7,8 @@ import gzip
 import http.server
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -124,7 +126,7 @@ def test_explicit_dir_with_a_corrupted_file_is_an_error_naming_it(isolated, mnis
     path = folder / file_name(LABELS, form)
     path.write_bytes((mnist_forms[form] / path.name).read_bytes()[:-100])
     problem = "corrupted or truncated gzip" if form == "gz" else "truncated: header"
-    with pytest.raises(IDXError, match=f"{path.name}: {problem}"):
+    with pytest.raises(IDXError, match=f"^--data-dir {folder}: {path}: {problem}"):
         load_file(LABELS, "mnist", str(folder))
 
 
@@ -169,10 +171,9 @@ def test_corrupted_cache_is_fetched_again(isolated, mirror, monkeypatch):
 def test_nothing_works_says_what_was_tried(isolated, bad_mirror, monkeypatch):
     monkeypatch.setenv("NUMPY_CNN_MIRRORS", f"{bad_mirror.url} http://127.0.0.1:9/")
     with pytest.raises(DataNotFound) as e:
-        load_file(LABELS, "mnist", str(isolated / "nowhere"))
+        load_file(LABELS, "mnist")
     msg = str(e.value)
     for part in [
-        "nowhere",
         "cache",
         bad_mirror.url,
         "SHA-256",
@@ -182,6 +183,94 @@ def test_nothing_works_says_what_was_tried(isolated, bad_mirror, monkeypatch):
         "NUMPY_CNN_DATA",
     ]:
         assert part in msg
+
+
+@pytest.fixture
+def valid_cache(isolated, mnist_forms) -> Path:
+    """A complete, valid cache: a loader that fell back to it would succeed."""
+    cached = isolated / "cache" / "numpy_cnn" / "mnist"
+    shutil.copytree(mnist_forms["gz"], cached)
+    return cached
+
+
+def name_folder(folder: Path, setting: str, monkeypatch) -> str | None:
+    """Name `folder` by `setting`; returns the data_dir that load() then gets (None: no flag)."""
+    if setting == "NUMPY_CNN_DATA":
+        monkeypatch.setenv("NUMPY_CNN_DATA", str(folder))
+        return None
+    return str(folder)
+
+
+def folder_with(folder: Path, source: Path, names: tuple[str, ...]) -> Path:
+    folder.mkdir()
+    for name in names:
+        shutil.copyfile(find_in(source, name), folder / find_in(source, name).name)
+    return folder
+
+
+@pytest.fixture(params=["missing", "a file", "empty", "3 of 4"])
+def bad_folder(request, tmp_path, mnist_forms) -> tuple[Path, str]:
+    """A data folder load() must refuse, and what its error says is wrong."""
+    if request.param == "missing":
+        return tmp_path / "does" / "not" / "exist", "no such folder"
+    if request.param == "a file":
+        (tmp_path / "some-file.npz").write_bytes(b"PK\x05\x06" + bytes(18))
+        return tmp_path / "some-file.npz", "a file, not a folder"
+    if request.param == "empty":
+        return folder_with(tmp_path / "empty", mnist_forms["gz"], ()), "none of the four mnist files"
+    # the last file is missing: a loader falling back would have read three from the folder already
+    return folder_with(tmp_path / "three", mnist_forms["gz"], FILES[:3]), f"no {FILES[3]} (raw or .gz)"
+
+
+@pytest.mark.parametrize("setting", ["--data-dir", "NUMPY_CNN_DATA"])
+def test_a_given_folder_is_the_only_place_looked_at(valid_cache, bad_folder, setting, monkeypatch):
+    folder, problem = bad_folder
+    with pytest.raises(DataNotFound) as e:
+        load("mnist", name_folder(folder, setting, monkeypatch))
+    named = f"--data-dir {folder}" if setting == "--data-dir" else f"NUMPY_CNN_DATA={folder}"
+    assert str(e.value).startswith(f"{named}: {problem}")
+    assert f"{setting} is the only place" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_missing_file_alone_is_named(valid_cache, mnist_forms, tmp_path):
+    folder = folder_with(tmp_path / "three", mnist_forms["raw"], FILES[:3])
+    with pytest.raises(DataNotFound, match=f"^--data-dir {folder}: no {FILES[3]} "):
+        load_file(FILES[3], "mnist", str(folder))
+    assert load_file(FILES[1], "mnist", str(folder))[:3].tolist() == [5, 0, 4]  # those there still load
+
+
+def test_an_unreadable_file_is_an_error_naming_it(valid_cache, mnist_forms, tmp_path, monkeypatch):
+    folder = folder_with(tmp_path / "data", mnist_forms["raw"], (LABELS,))
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("numpy_cnn.data.idx.open", refuse, raising=False)  # root may read anything
+    monkeypatch.setenv("NUMPY_CNN_DATA", str(folder))
+    with pytest.raises(DataNotFound, match=f"^NUMPY_CNN_DATA={folder}: cannot read {LABELS} "):
+        load_file(LABELS)
+
+
+def test_the_flag_wins_over_the_env_var(isolated, mnist_forms, tmp_path, monkeypatch):
+    monkeypatch.setenv("NUMPY_CNN_DATA", str(tmp_path / "nowhere"))
+    assert load_file(LABELS, "mnist", str(mnist_forms["raw"]))[:3].tolist() == [5, 0, 4]
+    with pytest.raises(DataNotFound, match=f"^NUMPY_CNN_DATA={tmp_path / 'nowhere'}: no such folder"):
+        load_file(LABELS)
+
+
+def test_a_relative_folder_is_shown_in_full(isolated, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataNotFound, match=rf"^--data-dir data \({tmp_path / 'data'}\): no such folder"):
+        load_file(LABELS, "mnist", "data")
+
+
+def test_train_cli_with_a_missing_data_dir_exits_1_naming_it(valid_cache):
+    argv = ["-m", "numpy_cnn.train", "fc-net", "--max-steps", "2", "--data-dir", "/does/not/exist"]
+    env = {**os.environ, "NUMPY_CNN_MIRRORS": ""}  # as isolated: the cache is valid, no network
+    r = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: --data-dir /does/not/exist: no such folder. ")
+    assert len(r.stderr.splitlines()) == 1
 
 
 def test_unknown_dataset():
