@@ -101,9 +101,19 @@ def check_dataset(name: str) -> str:
     return name
 
 
-def cache_dir(dataset: str) -> Path:
+def cache_base() -> Path:
+    """This library's folder in the user cache ($XDG_CACHE_HOME is honoured)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "numpy_cnn" / dataset
+    return Path(base) / "numpy_cnn"
+
+
+def cache_dir(dataset: str) -> Path:
+    return cache_base() / dataset
+
+
+def marks_dir() -> Path:
+    """Where files that verified are remembered: in the cache, as a data folder may be read-only."""
+    return cache_base() / "verified"
 
 
 def mirrors(dataset: str) -> tuple[str, ...]:
@@ -119,9 +129,12 @@ def find_in(directory: Path, name: str) -> Path | None:
     return None
 
 
-def verify(path: Path, name: str, dataset: str) -> np.ndarray:
+def verify(path: Path, name: str, dataset: str, remember: bool = True) -> np.ndarray:
+    """The array in `path`, checked to be `dataset`'s file `name`; with `remember`, an unchanged file
+    that verified before (in any process) is parsed and shape-checked but not hashed again."""
     kind = "images" if "images" in name else "labels"
-    return read_idx(path, sha256=DATASETS[dataset].sha256[name], shape=SHAPES[kind])
+    marks = marks_dir() if remember else None
+    return read_idx(path, sha256=DATASETS[dataset].sha256[name], shape=SHAPES[kind], marks=marks)
 
 
 @dataclass(frozen=True)
@@ -194,7 +207,7 @@ def given_dir(data_dir: str | os.PathLike | None) -> DataDir | None:
 
 def _install(data: Path, dest: Path, name: str, dataset: str) -> np.ndarray:
     """Verify a fetched file, then move it into the cache atomically; a bad file never lands."""
-    arr = verify(data, name, dataset)
+    arr = verify(data, name, dataset, remember=False)  # a temporary file: a marker would be litter
     dest.mkdir(parents=True, exist_ok=True)
     with open(data, "rb") as f:
         gzipped = f.read(2) == b"\x1f\x8b"

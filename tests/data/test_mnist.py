@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from numpy_cnn.data import DataNotFound, IDXError, load
+from numpy_cnn.data import DataNotFound, IDXError, idx, load
 from numpy_cnn.data.idx import read_bytes
 from numpy_cnn.data.mnist import FILES, find_in, load_file
 
@@ -271,6 +271,31 @@ def test_train_cli_with_a_missing_data_dir_exits_1_naming_it(valid_cache):
     assert r.returncode == 1
     assert r.stderr.startswith("error: --data-dir /does/not/exist: no such folder. ")
     assert len(r.stderr.splitlines()) == 1
+
+
+def test_a_verified_file_is_remembered_in_the_cache_not_beside_it(isolated, mnist_forms, hashed, monkeypatch):
+    monkeypatch.setattr(
+        idx, "RACY_NS", 0, raising=False
+    )  # the copy below is new: no need to wait for it to settle
+    folder = folder_with(isolated / "data", mnist_forms["gz"], (LABELS,))
+    folder.chmod(0o555)  # like CI's read-only data folder
+    try:
+        for _ in range(3):
+            assert load_file(LABELS, "mnist", str(folder))[:3].tolist() == [5, 0, 4]
+    finally:
+        folder.chmod(0o755)
+    assert hashed == [60008]  # once, not once a load
+    assert os.listdir(folder) == [f"{LABELS}.gz"]
+    assert len(list((isolated / "cache" / "numpy_cnn" / "verified").glob("*.json"))) == 1
+
+
+def test_an_unusable_marker_folder_does_not_stop_a_load(isolated, mnist_forms, hashed, monkeypatch):
+    monkeypatch.setattr(idx, "RACY_NS", 0, raising=False)
+    (isolated / "cache-file").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(isolated / "cache-file"))  # no folder can be made in it
+    for _ in range(2):
+        assert load_file(LABELS, "mnist", str(mnist_forms["raw"]))[:3].tolist() == [5, 0, 4]
+    assert hashed == [60008, 60008]
 
 
 def test_unknown_dataset():
