@@ -39,13 +39,18 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float = 1e-6) -
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    """A folder with the real MNIST files: $NUMPY_CNN_DATA, ../shared beside the repo, or the cache."""
-    candidates = [os.environ.get("NUMPY_CNN_DATA"), SHARED_MNIST]
-    for path in filter(None, candidates):
-        if all(find_in(Path(path), name) for name in FILES):
-            return Path(path)
+    """An absolute folder with the real MNIST files, raw or .gz: $NUMPY_CNN_DATA if set (then only
+    it, as the loader does), else ../shared beside the repo, else the user cache."""
+    env = os.environ.get("NUMPY_CNN_DATA")
+    if env:
+        missing = [name for name in FILES if not find_in(Path(env), name)]
+        if missing:
+            pytest.fail(f"NUMPY_CNN_DATA={env}: no {', '.join(missing)} (raw or .gz) there", pytrace=False)
+        return Path(env).resolve()
+    if all(find_in(SHARED_MNIST, name) for name in FILES):
+        return SHARED_MNIST
     load()  # fetches and verifies into the user cache, exactly as a user's first run does
-    return cache_dir("mnist")
+    return cache_dir("mnist").resolve()
 
 
 @pytest.fixture(scope="session")

