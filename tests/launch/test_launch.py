@@ -49,6 +49,16 @@ def wait_gone(pids: list[int], timeout: float) -> list[int]:
     return [p for p in pids if alive(p)]
 
 
+def sigint_at_default() -> None:
+    """In the launcher's process, before exec: SIGINT at its default, as a terminal's job has it.
+
+    A shell without job control starts `python -m pytest ... &` with SIGINT ignored; an ignored
+    signal stays ignored across exec, and Python then installs no KeyboardInterrupt handler. The
+    launcher started from such a pytest would (rightly, like any program) ignore the test's Ctrl-C.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Running:
     """A launch process whose merged output is read line by line in the background."""
 
@@ -59,6 +69,7 @@ class Running:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            preexec_fn=sigint_at_default,  # Ctrl-C must reach it however pytest was started
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
