@@ -83,7 +83,7 @@ def run_once(mode: str, model: str, steps: int, extra: list[str]) -> dict:
             record = json.loads(result.stdout.strip().splitlines()[-1])
         else:
             with open(metrics, encoding="utf-8") as f:
-                (record,) = [json.loads(line) for line in f]
+                (record,) = [r for r in map(json.loads, f) if r.get("type") == "epoch"]
     record["wall_s"] = wall
     rss = [int(m) for m in re.findall(r"peak resident memory (\d+) MB", result.stdout)]
     if rss:

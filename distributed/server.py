@@ -44,6 +44,13 @@ class Member:
     asked: int = 0  # PARAMS messages sent to it
 
 
+# a worker stopped at a breakpoint sends no heartbeats either: say so where silence drops one
+DEBUGGER_HINT = (
+    ". (A worker paused in a debugger looks the same: to debug with pdb, run the job with "
+    "--single-process, where the server and the workers share one process.)"
+)
+
+
 class WorkerLost(RuntimeError):
     """A worker died or went silent, and the job was told to stop then (--on-worker-failure abort)."""
 
@@ -179,7 +186,8 @@ class ParameterServer:
         if self.transport.parallel:  # in-process workers cannot die on their own
             for rank, member in list(self.members.items()):
                 if now - member.heard > self.config.timeout:
-                    self._lose(rank, f"sent nothing for {self.config.timeout:g} s (no heartbeat)")
+                    silent = f"sent nothing for {self.config.timeout:g} s (no heartbeat)"
+                    self._lose(rank, silent, DEBUGGER_HINT)
         for rank in list(self.members):
             if rank in self.members:
                 self._send(rank, protocol.encode(protocol.HEARTBEAT, rank=rank, answered=0))
@@ -214,7 +222,7 @@ class ParameterServer:
             log.info("server: worker %d connected (pid %d)", rank, msg["pid"])
             self._send(rank, protocol.encode(protocol.WELCOME, rank=rank, config=self.config.to_dict()))
 
-    def _lose(self, rank: int, why: str) -> None:
+    def _lose(self, rank: int, why: str, hint: str = "") -> None:
         """Drop worker `rank`; its unfinished nodes go to the live workers (or the job stops)."""
         member = self.members.pop(rank)
         del self.ranks[member.peer]
@@ -223,10 +231,10 @@ class ParameterServer:
             self.transport.send(member.peer, protocol.encode(protocol.STOP, reason=f"dropped: {why}"))
         except ConnectionError:
             pass
-        log.warning("server: worker %d %s; dropped it at step %d", rank, why, self.step)
+        log.warning("server: worker %d %s; dropped it at step %d%s", rank, why, self.step, hint)
         self.events({"event": "worker_lost", "rank": rank, "pid": member.pid, "reason": why})
         if self.config.on_worker_failure == "abort":
-            raise WorkerLost(f"worker {rank} {why} at step {self.step} (--on-worker-failure abort)")
+            raise WorkerLost(f"worker {rank} {why} at step {self.step} (--on-worker-failure abort){hint}")
         owed = self.ledger.owed_by(rank)
         if owed:
             self._hand_out(owed, self.ready_ranks())
@@ -363,6 +371,7 @@ class ParameterServer:
         self.step = self.version = book.step
         self.register()
         last_event = 0.0
+        reason = "training finished"
         try:
             for epoch, indices in book.epochs():
                 stats = EpochStats()
@@ -387,12 +396,17 @@ class ParameterServer:
                 book.end_epoch(epoch, indices.stop, record)
                 self.log(format_record(record, config.n_epochs) + "  " + format_timing(record))
                 self.events({"event": "epoch", "record": record})
+        except KeyboardInterrupt:
+            reason = "interrupted"
+            raise
+        except BaseException as e:
+            reason = f"the server stopped: {e}"
+            raise
         finally:
             book.close()
-            self.stop_workers("training finished")  # on errors too: workers need not wait to time out
-        if config.save:
-            self.net.save(config.save)
-            self.log(f"saved {config.save}")
+            self.stop_workers(reason)  # on errors too: workers need not wait to time out
+        self.events({"event": "trained", "step": self.step})  # a failure from here on loses no training
+        book.save_weights()
         if self.rejected:
             log.warning("server: rejected %d messages in all", self.rejected)
         return book.history

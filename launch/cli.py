@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
+import time
 
-from numpy_cnn.cli import add_arguments, non_negative_int, parse_config, positive_float, positive_int
+from numpy_cnn.cli import (
+    Parser,
+    add_arguments,
+    describe,
+    non_negative_int,
+    parse_config,
+    positive_float,
+    positive_int,
+    resume_hint,
+    summary,
+)
 from numpy_cnn.distributed import keys
 from numpy_cnn.distributed.config import FAILURE_POLICIES, JobConfig
 from numpy_cnn.distributed.protocol import ProtocolError
@@ -17,7 +27,7 @@ from .supervisor import Job
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="launch",
         description="Data-parallel training of one of the seed's models on MNIST: a parameter server "
         "holds the weights and runs Adam, N worker processes compute gradients on their micro-shards "
@@ -120,14 +130,15 @@ def main(argv: list[str] | None = None) -> int:
                 keys.read(args.keys, keys.WORKER)
         except ValueError as e:
             parser.error(f"--keys: {e}")
-    print("config " + json.dumps(config.to_dict()), flush=True)
+    how = " in this process" if args.single_process else " processes"
+    print(describe(config, f" over {config.workers} worker{how}"), flush=True)
     if args.single_process:
         return run_single_process(config)
     return Job(config, bind=args.bind, keys_dir=args.keys, local_workers=local).run()
 
 
 def keygen(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="launch keygen",
         description="Write a job's CURVE keys: server.key(_secret) and worker.key(_secret). The "
         "server's machine needs server.key_secret and worker.key; each worker's machine needs "
@@ -154,12 +165,14 @@ def run_single_process(config: JobConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     # one BLAS thread, as each worker process has: the same bits as the multiprocess run
     threadpool_limits(1)
+    started, server = time.monotonic(), None
     try:
         server = in_process_server(config, events=progress.event, log=progress.write)
         progress.start(server.total_steps)
-        server.run()
+        history = server.run()
     except KeyboardInterrupt:
-        print("launch: interrupted", file=sys.stderr)
+        trained = server is not None and server.step > 0
+        print("launch: interrupted" + (f"; {resume_hint(config)}" if trained else ""), file=sys.stderr)
         return 130
     except (
         TimeoutError,
@@ -174,4 +187,5 @@ def run_single_process(config: JobConfig) -> int:
         return 1
     finally:
         progress.close()
+    print(f"launch: {summary(config, history, time.monotonic() - started)}", flush=True)
     return 0

@@ -4,7 +4,6 @@ runs its part from numpy_cnn.distributed, and turns the outcome into an exit sta
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -12,6 +11,7 @@ import sys
 
 from threadpoolctl import threadpool_limits
 
+from numpy_cnn.cli import Parser
 from numpy_cnn.data import load
 from numpy_cnn.distributed import keys, protocol
 from numpy_cnn.distributed.config import JobConfig
@@ -24,7 +24,7 @@ from numpy_cnn.models import build
 
 
 def server_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="launch server",
         description="The parameter server of one data-parallel job (launch starts it).",
     )
@@ -84,7 +84,7 @@ def server_main(argv: list[str] | None = None) -> int:
 
 
 def worker_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="launch worker",
         description="One data-parallel worker: connects to a parameter server and computes gradients.",
     )

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 
+from numpy_cnn.cli import resume_hint, summary
 from numpy_cnn.distributed.config import JobConfig
 from numpy_cnn.distributed.keys import TemporaryKeys
 from numpy_cnn.distributed.worker import EXIT_SERVER_SILENT
@@ -32,6 +33,7 @@ class Child:
 
     def __init__(self, name: str, argv: list[str], progress: Progress, env: dict, pass_fds=()) -> None:
         self.name = name
+        self.error = ""  # the child's own "NAME: error: ..." line, if it printed one
         self.process = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
@@ -46,7 +48,10 @@ class Child:
 
     def _stream(self, progress: Progress) -> None:
         for raw in self.process.stdout:
-            progress.write(f"[{self.name}] {raw.decode(errors='replace').rstrip()}")
+            line = raw.decode(errors="replace").rstrip()
+            if line.startswith(f"{self.name}: error: "):  # said again in the launcher's own error
+                self.error = line.removeprefix(f"{self.name}: error: ")
+            progress.write(f"[{self.name}] {line}")
 
     @property
     def pid(self) -> int:
@@ -94,6 +99,10 @@ class Job:
         self.workers: dict[int, Child] = {}  # rank -> its newest process
         self.endpoint = ""
         self.restarts = 0
+        self.history: list[dict] = []  # the server's epoch records, as its events bring them
+        self.done: dict | None = None  # the server's "done" event
+        self.phase = "starting"  # then "training" (from the first step on), then "trained"
+        self.started = time.monotonic()
 
     def say(self, message: str) -> None:
         self.progress.write(f"launch: {message}")
@@ -108,14 +117,20 @@ class Job:
                 return self._run()
         except KeyboardInterrupt:
             self.say("interrupted; stopping every process")
-            return 130
+            return self._stopped(130)
         except Terminated:
             self.say("terminated; stopping every process")
-            return 143
+            return self._stopped(143)
         finally:
             self.stop_all()
             self.progress.close()
             signal.signal(signal.SIGTERM, previous)
+
+    def _stopped(self, code: int) -> int:
+        self.stop_all()
+        if self.phase == "training":  # only then is there something to continue
+            print(f"launch: {resume_hint(self.config)}", file=sys.stderr, flush=True)
+        return code
 
     def _on_sigterm(self, signum, frame) -> None:
         raise Terminated
@@ -160,33 +175,18 @@ class Job:
             os.close(write_fd)
         reader = threading.Thread(target=self._read_events, args=(read_fd,), daemon=True)
         reader.start()
-        done: dict | None = None  # the server's "done" event
         while True:
             try:
-                event = self.events.get(timeout=0.1)
+                self._on_event(self.events.get(timeout=0.1))
             except queue.Empty:
-                event = None
-            if event is not None:
-                kind = event.get("event")
-                if kind == "listening":
-                    self.progress.start(int(event.get("total_steps", 0)))
-                    self.endpoint = str(event.get("endpoint"))
-                    for rank in range(self.local_workers):
-                        self._start_worker(rank)
-                elif kind == "worker_lost":
-                    self._kill_lost(event.get("rank"), event.get("pid"))
-                elif kind == "done":
-                    done = event
-                else:
-                    self.progress.event(event)
+                pass
             if server.process.poll() is not None:
-                if server.process.returncode != 0:
-                    return self._fail(server)
                 reader.join(timeout=2.0)  # the pipe is closed now: take its last events
                 while not self.events.empty():
-                    event = self.events.get()
-                    done = event if event.get("event") == "done" else done
-                return self._finish(done)
+                    self._on_event(self.events.get())
+                if server.process.returncode != 0:
+                    return self._fail(server)
+                return self._finish(self.done)
             for rank, child in list(self.workers.items()):
                 rc = child.process.poll()
                 if rc is None or rc == 0:  # 0: told to stop by the server
@@ -198,6 +198,27 @@ class Job:
                     return self._fail(child)
                 if not self._restart(rank, child):
                     return self._fail(child, "and every other worker is gone too")
+
+    def _on_event(self, event: dict) -> None:
+        """One event from the server: it listens, lost a worker, made progress, or is done."""
+        kind = event.get("event")
+        if kind == "listening" and not self.endpoint:
+            self.progress.start(int(event.get("total_steps", 0)))
+            self.endpoint = str(event.get("endpoint"))
+            for rank in range(self.local_workers):
+                self._start_worker(rank)
+        elif kind == "worker_lost":
+            self._kill_lost(event.get("rank"), event.get("pid"))
+        elif kind == "done":
+            self.done = event
+        elif kind == "trained":
+            self.phase = "trained"
+        else:
+            if kind == "step" and self.phase == "starting":
+                self.phase = "training"
+            elif kind == "epoch" and isinstance(event.get("record"), dict):
+                self.history.append(event["record"])
+            self.progress.event(event)
 
     def _kill_lost(self, rank, pid) -> None:
         """The server dropped `rank`: if that process still runs, it is stuck; kill it."""
@@ -242,14 +263,15 @@ class Job:
         what = f"{child.name} {child.describe_exit()}" + (f" {more}" if more else "")
         if child is not self.children[0] and self.config.on_worker_failure == "abort":
             what += " (--on-worker-failure abort)"
+        if child.process.poll() is not None:
+            child.reader.join(timeout=2.0)  # its last lines, which may say why it exited
+        if child.error:
+            what += f": {child.error}"
         self.say(f"{child.name} (pid {child.pid}) {child.describe_exit()}; stopping the job")
         self.stop_all()
         print(f"launch: error: {what}", file=sys.stderr, flush=True)
-        if self.config.checkpoint_dir:
-            hint = f"to continue, run the same command with --resume {self.config.checkpoint_dir}"
-        else:
-            hint = "this run wrote no checkpoints; with --checkpoint-dir DIR a failed run can be resumed"
-        print(f"launch: {hint}", file=sys.stderr, flush=True)
+        if self.phase == "training":  # a failure before training or after it is not helped by resuming
+            print(f"launch: {resume_hint(self.config)}", file=sys.stderr, flush=True)
         return 1
 
     def _finish(self, done: dict | None) -> int:
@@ -272,6 +294,7 @@ class Job:
                 return self._fail(child)
         for child in self.children:
             child.reader.join(timeout=2.0)
+        self.say(summary(self.config, self.history, time.monotonic() - self.started))
         return 0
 
     def stop_all(self) -> None:

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
+import time
 from collections.abc import Callable
-from dataclasses import asdict
 
+from . import checkpoint
 from .config import DEFAULT_SHARDS, DEFAULT_SHIFT, Config
-from .data.mnist import DATASETS
+from .data.mnist import DATASETS, describe_source
 from .models import DEFAULT_EPOCHS, MODELS
 from .schedules import SCHEDULES
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag costs one line and a pointer to --help, as git and cargo print it,
+    not the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n(see '{self.prog} --help' for every flag)\n")
 
 
 def positive_int(text: str) -> int:
@@ -163,7 +171,7 @@ def parse_config(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m numpy_cnn.train",
         description="Train one of the seed's models on MNIST in this process (serial training).",
     )
@@ -178,18 +186,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(argv: list[str] | None, train: Callable[[Config], object]) -> int:
+def describe(config: Config, parallel: str = "") -> str:
+    """The run's settings in one short line (the metrics file's first line has all of them)."""
+    shift = f", shifts up to {config.max_shift} px" if config.max_shift else ""
+    steps = f", at most {config.max_steps} steps" if config.max_steps else ""
+    return (
+        f"{config.model} on {config.dataset} ({describe_source(config.dataset, config.data_dir)}): "
+        f"{config.n_epochs} epochs{steps}, batch {config.batch_size} in {config.n_shards} "
+        f"micro-shard{'s' if config.n_shards > 1 else ''}"
+        f"{parallel}, lr {config.lr:g} {config.lr_schedule}{shift}, seed {config.seed}"
+    )
+
+
+def summary(config: Config, history: list[dict], seconds: float) -> str:
+    """One line to end a run: best and final test accuracy, time, and where the results went."""
+    if history:
+        best = max(history, key=lambda r: r["test_acc"])
+        result = (
+            f"best test accuracy {100 * best['test_acc']:.2f}% (epoch {best['epoch']}), "
+            f"final {100 * history[-1]['test_acc']:.2f}% after step {history[-1]['step']}"
+        )
+    else:
+        result = "no epoch trained"
+    weights = f"weights in {config.save}" if config.save else "weights not saved (--save PATH.npz keeps them)"
+    metrics = f", metrics in {config.metrics}" if config.metrics else ""
+    return f"done: {result}, in {format_duration(seconds)}; {weights}{metrics}"
+
+
+def format_duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs} s" if minutes else f"{seconds:.1f} s"
+
+
+def resume_hint(config: Config) -> str:
+    """What to do to continue a run that stopped before its end."""
+    if config.checkpoint_dir and checkpoint.has_checkpoints(config.checkpoint_dir):
+        return f"to continue, run the same command with --resume {config.checkpoint_dir}"
+    if config.checkpoint_dir:
+        return f"no checkpoint was written to {config.checkpoint_dir} yet: the run has to start again"
+    return "this run wrote no checkpoints; with --checkpoint-dir DIR a stopped run can be resumed"
+
+
+def run(argv: list[str] | None, train: Callable[[Config], tuple[object, list[dict]]]) -> int:
     """Serial training from the command line: parse `argv`, then `train` (numpy_cnn.train.train,
     passed in so that this module never imports the loop that imports it)."""
     config, _ = parse_config(build_parser(), argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # e.g. which mirror is fetched
-    print("config " + json.dumps(asdict(config)), flush=True)
+    print(describe(config), flush=True)
+    started = time.monotonic()
     try:
-        train(config)
+        _, history = train(config)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"interrupted; {resume_hint(config)}", file=sys.stderr)
         return 130
     except (OSError, ValueError, RuntimeError) as e:  # CheckpointError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 1
+    print(summary(config, history, time.monotonic() - started), flush=True)
     return 0

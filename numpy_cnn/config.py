@@ -6,7 +6,7 @@ import os
 from dataclasses import asdict, dataclass
 
 from . import checkpoint
-from .data.mnist import check_dataset
+from .data.mnist import FILES, DataNotFound, check_dataset, given_dir
 from .models import DEFAULT_EPOCHS, check_name
 from .schedules import SCHEDULES
 
@@ -99,6 +99,12 @@ class Config:
         """
         for flag, path in (("--save", self.save), ("--metrics", self.metrics)):
             check_writable(path, flag)
+        given = given_dir(self.data_dir)
+        if given is not None:  # the only place looked at: a wrong one ends the run before it starts
+            try:
+                given.check(self.dataset, FILES)
+            except DataNotFound as e:
+                raise ValueError(str(e)) from None
         if self.checkpoint_dir:
             folder = os.path.abspath(self.checkpoint_dir)
             while not os.path.exists(folder):

@@ -3,13 +3,17 @@
 It knows where the run starts (step 0, or a checkpoint's step and place in the data order),
 which batches each epoch still has to train (`--max-steps` may end the run early), when a
 checkpoint is due (every `--checkpoint-every` steps and at each epoch end, never twice for one
-step), and keeps the per-epoch records, appending them to `--metrics` (to the old file when
-resuming). The caller does the steps themselves and tells the book about each one.
+step), keeps the per-epoch records, appending them to `--metrics` (to the old file when
+resuming) after a line with the run's settings, and writes the final weights, somewhere safe
+even when `--save` fails. The caller does the steps themselves and tells the book about each one.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -29,9 +33,15 @@ class RunBook:
             self.step, self.start = step, (epoch, index)
             log(f"resumed from {self.resumed_from} at step {step} (epoch {epoch + 1}, batch {index})")
         self.saved = self.step  # the step of the newest checkpoint: never write the same one twice
+        self.position = self.start  # (epoch, index) of the next batch to train
         self.history: list[dict] = []
+        self.started = time.monotonic()
         mode = "a" if config.resume else "w"  # a resumed run adds to the interrupted run's records
         self.metrics = open(config.metrics, mode, encoding="utf-8") if config.metrics else None
+        if self.metrics:  # every settings of the run, resolved; a resumed run adds another such line
+            settings = {k: v for k, v in config.identity().items() if v is not None or k != "threads"}
+            self.metrics.write(json.dumps({"type": "config", **settings, "start_step": self.step}) + "\n")
+            self.metrics.flush()
 
     def epochs(self) -> Iterator[tuple[int, range]]:
         """Each epoch left to train, with the indices of the batches it trains."""
@@ -47,7 +57,7 @@ class RunBook:
 
     def stepped(self, step: int, epoch: int, next_index: int) -> None:
         """Optimizer step `step` is done and batch `next_index` of `epoch` comes next."""
-        self.step = step
+        self.step, self.position = step, (epoch, next_index)
         every = self.config.checkpoint_every
         if self.config.checkpoint_dir and every and step % every == 0:
             self.save(epoch, next_index)
@@ -58,7 +68,7 @@ class RunBook:
             self.save(epoch, next_index)
         self.history.append(record)
         if self.metrics:
-            self.metrics.write(json.dumps(record) + "\n")
+            self.metrics.write(json.dumps({"type": "epoch", **record}) + "\n")
             self.metrics.flush()
 
     def save(self, epoch: int, next_index: int) -> None:
@@ -78,3 +88,37 @@ class RunBook:
     def close(self) -> None:
         if self.metrics:
             self.metrics.close()
+
+    def save_weights(self) -> str | None:
+        """Write the net to --save; if that fails, put the weights somewhere safe and raise an
+        OSError naming the path, the cause and where they are. Returns the path written, if any."""
+        path = self.config.save
+        if path is None:
+            return None
+        try:
+            self.net.save(path)
+            return path
+        except OSError as e:
+            safe = self._rescue(path)
+            where = (
+                f"the trained weights are in {safe}" if safe else "no copy of the weights could be written"
+            )
+            raise OSError(f"--save {path}: {e.strerror or e}; {where}") from e
+
+    def _rescue(self, path: str) -> str | None:
+        """The newest checkpoint if it holds this step (written now if it can be), else a file in
+        the temporary folder or the home folder; None if nothing could be written."""
+        if self.config.checkpoint_dir:
+            try:
+                self.save(*self.position)
+                return f"the checkpoint {checkpoint.latest(self.config.checkpoint_dir).path}"
+            except (OSError, checkpoint.CheckpointError):
+                pass
+        name = f"numpy_cnn-{Path(path).stem}-{os.getpid()}.npz"
+        for folder in (tempfile.gettempdir(), os.path.expanduser("~")):
+            try:
+                self.net.save(os.path.join(folder, name))
+                return os.path.join(folder, name)
+            except OSError:
+                continue
+        return None

@@ -78,9 +78,7 @@ def train(
     finally:
         step_fn.close()
         book.close()
-    if config.save:
-        net.save(config.save)
-        log(f"saved {config.save}")
+    book.save_weights()
     return net, book.history
 
 

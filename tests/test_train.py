@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -69,7 +73,10 @@ def test_cli_writes_metrics_and_a_loadable_model(mnist_dir, tmp_path):
         ]
     )
     assert code == 0
-    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    settings, *lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    # the first line holds every setting, resolved; then one line per epoch
+    assert settings["type"] == "config" and settings["model"] == "fc-net" and settings["shards"] == 1
+    assert all(r["type"] == "epoch" for r in lines)
     assert [r["epoch"] for r in lines] == [1, 2] and [r["step"] for r in lines] == [938, 940]
     assert set(lines[0]) >= {
         "epoch",
@@ -93,6 +100,7 @@ def test_cli_writes_metrics_and_a_loadable_model(mnist_dir, tmp_path):
         (["fc-net", "--lr", "-1"], "must be a positive number"),
         (["fc-net", "--dataset", "cifar"], "invalid choice"),
         (["fc-net", "--save", "/nonexistent-dir/x.npz"], "does not exist or is not writable"),
+        (["fc-net", "--data-dir", "/does/not/exist"], "--data-dir /does/not/exist: no such folder"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(args, message):
@@ -101,6 +109,64 @@ def test_bad_flags_exit_2_with_one_line(args, message):
     )
     assert r.returncode == 2
     assert message in r.stderr and r.stdout == ""
+    # the error and a pointer to --help, not argparse's usage block
+    error, pointer = r.stderr.splitlines()
+    assert error.startswith("python -m numpy_cnn.train: error: ") and "usage" not in r.stderr
+    assert pointer == "(see 'python -m numpy_cnn.train --help' for every flag)"
+
+
+def test_a_run_says_what_it_does_and_ends_with_a_summary(mnist_dir, tmp_path):
+    save = tmp_path / "w.npz"
+    r = subprocess.run(
+        [sys.executable, "-m", "numpy_cnn.train", "conv-net", "--max-steps", "20", "--save", str(save)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "NUMPY_CNN_DATA": str(mnist_dir)},
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == (
+        f"conv-net on mnist (from NUMPY_CNN_DATA={mnist_dir}): 12 epochs, at most 20 steps, batch 64 "
+        "in 2 micro-shards, lr 0.002 cosine, shifts up to 2 px, seed 0"
+    )
+    assert re.fullmatch(
+        r"done: best test accuracy \d+\.\d\d% \(epoch 1\), final \d+\.\d\d% after step 20, in [\d.]+ s; "
+        rf"weights in {re.escape(str(save))}",
+        lines[-1],
+    ), lines[-1]
+    assert save.is_file()
+
+
+def test_an_interrupted_run_says_how_to_continue(mnist_dir, tmp_path):
+    ckdir = tmp_path / "ck"
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "numpy_cnn.train",
+            "conv-net",
+            "--checkpoint-dir",
+            str(ckdir),
+            "--checkpoint-every",
+            "5",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "NUMPY_CNN_DATA": str(mnist_dir)},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(ckdir.glob("step-*.npz")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    finally:
+        p.kill()
+    assert p.returncode == 130
+    assert f"to continue, run the same command with --resume {ckdir}" in err
 
 
 def test_help_explains_every_flag():

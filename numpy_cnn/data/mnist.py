@@ -205,6 +205,17 @@ def given_dir(data_dir: str | os.PathLike | None) -> DataDir | None:
     return DataDir(setting, value, Path(os.path.abspath(value)) if value else Path())
 
 
+def describe_source(dataset: str, data_dir: str | os.PathLike | None) -> str:
+    """Where `load` takes the files from, in words: the folder the user named, or the cache."""
+    given = given_dir(data_dir)
+    if given is not None:
+        return f"from {given}"
+    cache = cache_dir(dataset)
+    if all(find_in(cache, name) for name in FILES):
+        return f"from the cache {cache}"
+    return f"not cached yet: fetched into {cache}"
+
+
 def _install(data: Path, dest: Path, name: str, dataset: str) -> np.ndarray:
     """Verify a fetched file, then move it into the cache atomically; a bad file never lands."""
     arr = verify(data, name, dataset, remember=False)  # a temporary file: a marker would be litter

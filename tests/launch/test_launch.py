@@ -62,13 +62,14 @@ def sigint_at_default() -> None:
 class Running:
     """A launch process whose merged output is read line by line in the background."""
 
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], env: dict | None = None) -> None:
         self.process = subprocess.Popen(
             [*LAUNCH, *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            env=env,
             preexec_fn=sigint_at_default,  # Ctrl-C must reach it however pytest was started
         )
         self.lines: queue.Queue[str] = queue.Queue()
@@ -178,7 +179,8 @@ def test_any_worker_count_and_single_process_give_the_same_bits(mnist_dir, tmp_p
         assert np.mean(diff > 1e-5) <= 1e-4, k
         assert diff.max() <= 1e-4, k
 
-    (record,) = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    settings, record = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert settings["type"] == "config" and settings["workers"] == 2 and "threads" not in settings
     assert record["step"] == steps and 0 < record["test_acc"] <= 1
     for key in ("loss", "train_acc", "seconds", "samples_per_s", "compute_ms", "comm_ms", "update_ms"):
         assert record[key] > 0, key
