@@ -2,7 +2,18 @@
 
 from . import layers
 from .init import XavierUniform, Zeros
-from .layers import Conv2d, Layer, Linear, MaxPool2d, ReLU, Reshape
+from .layers import (
+    Conv2d,
+    Flatten,
+    Layer,
+    LeakyReLU,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    Reshape,
+    Sigmoid,
+    Tanh,
+)
 from .loss import CrossEntropyLoss
 from .net import Net
 from .optim import SGD, Adam, Optimizer
@@ -13,13 +24,17 @@ __all__ = [
     "Adam",
     "Conv2d",
     "CrossEntropyLoss",
+    "Flatten",
     "Layer",
+    "LeakyReLU",
     "Linear",
     "MaxPool2d",
     "Net",
     "Optimizer",
     "ReLU",
     "Reshape",
+    "Sigmoid",
+    "Tanh",
     "Tensor",
     "XavierUniform",
     "Zeros",

@@ -245,6 +245,48 @@ class ReLU(Layer):
         return grad * self._mask if input_grad else None
 
 
+class LeakyReLU(Layer):
+    """x where x > 0, else negative_slope * x; the gradient is scaled the same way."""
+
+    def __init__(self, negative_slope: float = 0.01) -> None:
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self._mask = x > 0
+        return np.where(self._mask, x, x * self.negative_slope)
+
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        return np.where(self._mask, grad, grad * self.negative_slope) if input_grad else None
+
+    def __repr__(self) -> str:
+        return f"LeakyReLU(negative_slope={self.negative_slope})"
+
+
+class Tanh(Layer):
+    """tanh(x); the gradient is scaled by 1 - tanh(x)^2, from the saved output."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self._out = np.tanh(x)
+        return self._out
+
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        return grad * (1 - self._out * self._out) if input_grad else None
+
+
+class Sigmoid(Layer):
+    """1 / (1 + exp(-x)); the gradient is scaled by s * (1 - s), from the saved output s."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        # exp(-|x|) never overflows: for x < 0, 1 / (1 + exp(-x)) is rewritten as e / (1 + e)
+        e = np.exp(-np.abs(x))
+        self._out = np.where(x >= 0, 1, e) / (1 + e)
+        return self._out
+
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        return grad * (1 - self._out) * self._out if input_grad else None
+
+
 class Reshape(Layer):
     """Reshape all but the batch axis; Reshape(-1) flattens (N, ...) to (N, -1)."""
 
@@ -263,3 +305,12 @@ class Reshape(Layer):
 
     def __repr__(self) -> str:
         return f"Reshape({', '.join(map(str, self.shape))})"
+
+
+class Flatten(Reshape):
+    """(N, ...) -> (N, prod(...)), the same as Reshape(-1)."""
+
+    __repr__ = Layer.__repr__  # "Flatten()", not Reshape's "Reshape(-1)"
+
+    def __init__(self) -> None:
+        super().__init__(-1)

@@ -6,7 +6,18 @@ import numpy as np
 import pytest
 from conftest import assert_close, numerical_grad
 
-from numpy_cnn import Conv2d, Linear, MaxPool2d, ReLU, Reshape, default_dtype
+from numpy_cnn import (
+    Conv2d,
+    Flatten,
+    LeakyReLU,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    Reshape,
+    Sigmoid,
+    Tanh,
+    default_dtype,
+)
 
 
 def check_layer(layer, x: np.ndarray, seed: int = 0) -> None:
@@ -139,6 +150,45 @@ def test_reshape_flattens_all_but_batch():
     check_layer(layer, x)
 
 
+@pytest.mark.parametrize("layer", [Tanh(), Sigmoid(), LeakyReLU(), LeakyReLU(0.3)], ids=repr)
+def test_activation_gradients(layer):
+    x = f64(np.random.default_rng(10), 3, 7) * 3
+    x[np.abs(x) < 1e-3] = 0.5  # keep clear of LeakyReLU's kink
+    check_layer(layer, x)
+
+
+@pytest.mark.parametrize(
+    "layer,expected",
+    [
+        (Tanh(), np.tanh),
+        (Sigmoid(), lambda x: 1 / (1 + np.exp(-x))),
+        (LeakyReLU(), lambda x: np.where(x > 0, x, 0.01 * x)),
+        (LeakyReLU(0.2), lambda x: np.maximum(x, 0.2 * x)),
+    ],
+    ids=repr,
+)
+def test_activation_values(layer, expected):
+    x = f64(np.random.default_rng(11), 4, 5) * 4
+    assert_close(layer.forward(x), expected(x), rtol=1e-15)
+
+
+def test_sigmoid_saturates_without_overflow():
+    x = np.array([[-1000.0, -50.0, 0.0, 50.0, 1000.0]])
+    with np.errstate(over="raise", invalid="raise"):  # underflow to 0 is the right answer
+        out = Sigmoid().forward(x)
+    np.testing.assert_array_equal(out[0, [0, 2, 4]], [0, 0.5, 1])
+    assert 0 < out[0, 1] < 1e-21 and out[0, 3] == 1
+
+
+def test_flatten_is_reshape_minus_one():
+    x = f64(np.random.default_rng(12), 2, 3, 4, 5)
+    layer = Flatten()
+    out = layer.forward(x)
+    assert out.shape == (2, 60) and repr(layer) == "Flatten()"
+    np.testing.assert_array_equal(out, Reshape(-1).forward(x))
+    check_layer(layer, x)
+
+
 @pytest.mark.parametrize(
     "make,shape",
     [
@@ -146,6 +196,10 @@ def test_reshape_flattens_all_but_batch():
         (lambda: Linear(784, 10), (4, 784)),
         (lambda: MaxPool2d(k_size=[2, 2], stride=[2, 2]), (4, 6, 28, 28)),
         (lambda: ReLU(), (4, 10)),
+        (lambda: Tanh(), (4, 10)),
+        (lambda: Sigmoid(), (4, 10)),
+        (lambda: LeakyReLU(), (4, 10)),
+        (lambda: Flatten(), (4, 6, 5, 5)),
     ],
 )
 def test_float32_stays_float32(make, shape):
