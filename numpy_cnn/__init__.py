@@ -3,6 +3,7 @@
 from . import layers
 from .init import XavierUniform, Zeros
 from .layers import (
+    AvgPool2d,
     Conv2d,
     Flatten,
     Layer,
@@ -22,6 +23,7 @@ from .tensor import Tensor, default_dtype, get_default_dtype
 __all__ = [
     "SGD",
     "Adam",
+    "AvgPool2d",
     "Conv2d",
     "CrossEntropyLoss",
     "Flatten",

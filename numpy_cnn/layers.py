@@ -167,6 +167,15 @@ class Conv2d(Layer):
         )
 
 
+def window_offsets(x: np.ndarray, k_size: tuple[int, int], stride: tuple[int, int]):
+    """(window position k, strided view of every window's element k), k in row-major order."""
+    (kh, kw), (sh, sw) = k_size, stride
+    oh, ow = output_size(x.shape[2], kh, sh), output_size(x.shape[3], kw, sw)
+    for i in range(kh):
+        for j in range(kw):
+            yield i * kw + j, x[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw]
+
+
 class MaxPool2d(Layer):
     """Max over each window of NCHW input; the gradient goes to the first maximum of a window."""
 
@@ -176,14 +185,6 @@ class MaxPool2d(Layer):
         self.stride = pair(stride if stride is not None else k_size, "stride")
         if min(self.k_size) < 1 or min(self.stride) < 1:
             raise ValueError(f"k_size and stride must be >= 1, got {self.k_size}, {self.stride}")
-
-    def _offsets(self, x: np.ndarray):
-        """(window position k, strided view of every window's element k), k in row-major order."""
-        (kh, kw), (sh, sw) = self.k_size, self.stride
-        oh, ow = output_size(x.shape[2], kh, sh), output_size(x.shape[3], kw, sw)
-        for i in range(kh):
-            for j in range(kw):
-                yield i * kw + j, x[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw]
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         # (N, C, H, W) -> (N, C, OH, OW); rows/columns no window reaches are ignored
@@ -196,7 +197,7 @@ class MaxPool2d(Layer):
         self._swap = x.strides[1] > x.strides[0]
         x = _swap_nc(x, self._swap)
         # loop over the KH*KW window offsets, never over pixels; strict > keeps the first maximum
-        offsets = self._offsets(x)
+        offsets = window_offsets(x, self.k_size, self.stride)
         _, first = next(offsets)
         out = first.copy()
         index_type = np.min_scalar_type(self.k_size[0] * self.k_size[1] - 1)
@@ -217,7 +218,7 @@ class MaxPool2d(Layer):
         dx = np.zeros(self._x_shape, dtype=np.result_type(grad.dtype, self._x_dtype))
         # windows that do not overlap write disjoint pixels, so plain assignment is enough
         overlap = any(k > s for k, s in zip(self.k_size, self.stride))
-        for k, view in self._offsets(dx):
+        for k, view in window_offsets(dx, self.k_size, self.stride):
             hit = self._arg == k
             if overlap:
                 view += np.where(hit, grad, 0)
@@ -232,6 +233,55 @@ class MaxPool2d(Layer):
 def _swap_nc(x: np.ndarray, swap: bool) -> np.ndarray:
     """(N, C, H, W) <-> (C, N, H, W) as a view when `swap`, else x itself."""
     return x.transpose(1, 0, 2, 3) if swap else x
+
+
+class AvgPool2d(Layer):
+    """Mean over each window of zero-padded NCHW input; padded zeros count (torch's count_include_pad)."""
+
+    def __init__(self, k_size: Size, stride: Size | None = None, padding: Size = 0) -> None:
+        super().__init__()
+        self.k_size = pair(k_size, "k_size")
+        self.stride = pair(stride if stride is not None else k_size, "stride")
+        self.padding = pair(padding, "padding")
+        if min(self.k_size) < 1 or min(self.stride) < 1:
+            raise ValueError(f"k_size and stride must be >= 1, got {self.k_size}, {self.stride}")
+        if any(2 * p > k for p, k in zip(self.padding, self.k_size)):  # as torch: no all-padding windows
+            raise ValueError(f"padding {self.padding} is more than half of the window {self.k_size}")
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        # (N, C, H, W) -> (N, C, OH, OW); rows/columns no window reaches are ignored
+        if x.ndim != 4:
+            raise ValueError(f"{self!r} expects input (N, C, H, W), got {x.shape}")
+        (kh, kw), (sh, sw), (ph, pw) = self.k_size, self.stride, self.padding
+        if output_size(x.shape[2], kh, sh, ph) < 1 or output_size(x.shape[3], kw, sw, pw) < 1:
+            raise ValueError(f"{self!r}: input {x.shape[2:]} is smaller than the window")
+        self._swap = x.strides[1] > x.strides[0]  # N and C in memory order, as in MaxPool2d
+        xp = pad2d(_swap_nc(x, self._swap), ph, pw)
+        self._x_shape, self._xp_shape, self._x_dtype = x.shape, xp.shape, x.dtype
+        # loop over the KH*KW window offsets, never over pixels, summing in row-major window order
+        offsets = window_offsets(xp, self.k_size, self.stride)
+        _, first = next(offsets)
+        out = first.copy()
+        for _, view in offsets:
+            out += view
+        # divide, not multiply by 1/(KH*KW): the rounding of torch's avg_pool2d
+        out /= kh * kw
+        return _swap_nc(out, self._swap)
+
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        if not input_grad:
+            return None
+        (kh, kw), (ph, pw) = self.k_size, self.padding
+        g = _swap_nc(grad, self._swap) / (kh * kw)  # a new array: `grad` is left as it was
+        dxp = np.zeros(self._xp_shape, dtype=np.result_type(g.dtype, self._x_dtype))
+        # overlapping windows share pixels, so each kernel offset adds its share
+        for _, view in window_offsets(dxp, self.k_size, self.stride):
+            view += g
+        h, w = self._x_shape[2:]
+        return _swap_nc(dxp[:, :, ph : ph + h, pw : pw + w], self._swap)
+
+    def __repr__(self) -> str:
+        return f"AvgPool2d(k_size={self.k_size}, stride={self.stride}, padding={self.padding})"
 
 
 class ReLU(Layer):

@@ -7,6 +7,7 @@ import pytest
 from conftest import assert_close, numerical_grad
 
 from numpy_cnn import (
+    AvgPool2d,
     Conv2d,
     Flatten,
     LeakyReLU,
@@ -60,6 +61,19 @@ def naive_maxpool(x, k, s):
     for i in range(oh):
         for j in range(ow):
             out[:, :, i, j] = x[:, :, i * s[0] : i * s[0] + k[0], j * s[1] : j * s[1] + k[1]].max(axis=(2, 3))
+    return out
+
+
+def naive_avgpool(x, k, s, pad):
+    # torch's count_include_pad=True: a window's padded zeros count toward its mean
+    xp = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1])))
+    n, c, h, w = xp.shape
+    oh, ow = (h - k[0]) // s[0] + 1, (w - k[1]) // s[1] + 1
+    out = np.zeros((n, c, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            window = xp[:, :, i * s[0] : i * s[0] + k[0], j * s[1] : j * s[1] + k[1]]
+            out[:, :, i, j] = window.mean(axis=(2, 3))
     return out
 
 
@@ -189,6 +203,34 @@ def test_flatten_is_reshape_minus_one():
     check_layer(layer, x)
 
 
+AVG_CASES = [
+    # (k, stride, pad, H, W, batch); stride None is the window
+    ((2, 2), None, (0, 0), 4, 6, 2),
+    ((2, 2), (2, 2), (1, 1), 5, 7, 1),  # ragged edge left over, padded
+    ((3, 3), (2, 2), (1, 1), 7, 6, 2),  # overlapping, padded
+    ((3, 2), (1, 2), (0, 1), 5, 5, 1),  # overlapping rows, non-square window, one axis padded
+    ((2, 3), (3, 2), (1, 0), 8, 9, 2),  # stride > window: ragged and gapped
+    ((5, 5), (1, 1), (2, 2), 4, 4, 1),  # stride 1, every pixel in many windows
+]
+
+
+@pytest.mark.parametrize("k,s,p,h,w,n", AVG_CASES)
+def test_avgpool_gradients(k, s, p, h, w, n):
+    rng = np.random.default_rng(13)
+    check_layer(AvgPool2d(k, s, p), f64(rng, n, 2, h, w))
+
+
+@pytest.mark.parametrize("k,s,p,h,w,n", AVG_CASES)
+def test_avgpool_matches_naive_loop(k, s, p, h, w, n):
+    x = f64(np.random.default_rng(14), n, 3, h, w)
+    assert_close(AvgPool2d(k, s, p).forward(x), naive_avgpool(x, k, s if s else k, p), rtol=1e-14)
+
+
+def test_avgpool_counts_padding():
+    out = AvgPool2d(2, 2, padding=1).forward(np.ones((1, 1, 2, 2)))
+    np.testing.assert_array_equal(out, np.full((1, 1, 2, 2), 0.25))
+
+
 @pytest.mark.parametrize(
     "make,shape",
     [
@@ -196,6 +238,7 @@ def test_flatten_is_reshape_minus_one():
         (lambda: Linear(784, 10), (4, 784)),
         (lambda: MaxPool2d(k_size=[2, 2], stride=[2, 2]), (4, 6, 28, 28)),
         (lambda: ReLU(), (4, 10)),
+        (lambda: AvgPool2d(3, 2, padding=1), (4, 6, 28, 28)),
         (lambda: Tanh(), (4, 10)),
         (lambda: Sigmoid(), (4, 10)),
         (lambda: LeakyReLU(), (4, 10)),
@@ -224,6 +267,9 @@ def test_float64_input_is_not_upcast_by_a_float32_layer():
         lambda: Linear(3, 2).forward(np.zeros((1, 4))),
         lambda: MaxPool2d(3).forward(np.zeros((1, 1, 2, 2))),
         lambda: Conv2d(1, 2, k_size=(1, 2, 3)),
+        lambda: AvgPool2d(3).forward(np.zeros((1, 1, 2, 2))),
+        lambda: AvgPool2d(3, padding=2),
+        lambda: AvgPool2d(2).forward(np.zeros((1, 4, 4))),
     ],
 )
 def test_bad_shapes_are_clear_errors(bad):
@@ -233,7 +279,14 @@ def test_bad_shapes_are_clear_errors(bad):
 
 @pytest.mark.parametrize(
     "make",
-    [lambda: MaxPool2d(2, 2), lambda: MaxPool2d(3, 2), lambda: ReLU(), lambda: Conv2d(3, 2, 3, padding=1)],
+    [
+        lambda: MaxPool2d(2, 2),
+        lambda: MaxPool2d(3, 2),
+        lambda: ReLU(),
+        lambda: Conv2d(3, 2, 3, padding=1),
+        lambda: AvgPool2d(2, 2),
+        lambda: AvgPool2d(3, 2, padding=1),
+    ],
 )
 def test_memory_layout_does_not_change_results(make):
     # conv outputs are NCHW views of channel-major memory; every layer must read them correctly
