@@ -24,10 +24,11 @@ def pair(size: Size, name: str) -> tuple[int, int]:
 
 
 class Layer:
-    """Base class: `params` maps a name ('weight', 'bias') to its Tensor."""
+    """Base class: `params` maps a name ('weight', 'bias') to its Tensor; `training` is the mode."""
 
     def __init__(self) -> None:
         self.params: dict[str, Tensor] = {}
+        self.training = True
 
     @property
     def parameters(self) -> list[Tensor]:

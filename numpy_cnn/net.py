@@ -13,10 +13,22 @@ from .tensor import Tensor
 
 
 class Net:
-    """The layers in order; `parameters` is every Tensor in layer order."""
+    """The layers in order; `parameters` is every Tensor in layer order; `training` is the mode."""
 
     def __init__(self, layers: Iterable[Layer]) -> None:
         self.layers = list(layers)
+        self.training = True
+
+    def train(self, mode: bool = True) -> Net:
+        """Training mode (Dropout drops) or, with mode False, evaluation mode; returns self, as torch."""
+        self.training = mode
+        for layer in self.layers:
+            layer.training = mode
+        return self
+
+    def eval(self) -> Net:
+        """Evaluation mode: Dropout is the identity; returns self."""
+        return self.train(False)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         for layer in self.layers:

@@ -105,3 +105,13 @@ def test_input_gradient_only_on_request():
     assert net.backward(loss_f.grad(net.forward(x), y)) is None
     dx = net.backward(loss_f.grad(net.forward(x), y), input_grad=True)
     assert_close(dx, numerical_grad(lambda: loss_f.loss(net.forward(x), y), x), rtol=1e-6)
+
+
+def test_train_and_eval_set_every_layer_and_return_the_net():
+    net = small_net(np.random.default_rng(7))
+    assert net.training and all(layer.training for layer in net.layers)
+    assert net.eval() is net
+    assert not net.training and not any(layer.training for layer in net.layers)
+    assert net.train() is net
+    assert net.training and all(layer.training for layer in net.layers)
+    assert net.train(False) is net and not net.layers[0].training
