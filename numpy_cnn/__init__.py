@@ -5,6 +5,7 @@ from .init import XavierUniform, Zeros
 from .layers import (
     AvgPool2d,
     Conv2d,
+    Dropout,
     Flatten,
     Layer,
     LeakyReLU,
@@ -26,6 +27,7 @@ __all__ = [
     "AvgPool2d",
     "Conv2d",
     "CrossEntropyLoss",
+    "Dropout",
     "Flatten",
     "Layer",
     "LeakyReLU",

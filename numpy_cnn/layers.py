@@ -41,6 +41,9 @@ class Layer:
         """Fill the parameters' .grad; return the gradient wrt the input (None if not input_grad)."""
         raise NotImplementedError
 
+    def set_noise(self, key: tuple[int, ...] | None, offset: int = 0) -> None:
+        """Take the next forwards' noise from stream `key` at row `offset` (None: the layer's own rng)."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -365,3 +368,51 @@ class Flatten(Reshape):
 
     def __init__(self) -> None:
         super().__init__(-1)
+
+
+# SeedSequence pads entropy with zeros ([s, e, 1] and [s, e, 1, 0] seed one stream): a non-zero last
+# word keeps Dropout's streams apart from shorter keys, e.g. the batches' [seed, epoch] and [seed, epoch, 1]
+_DROPOUT_STREAM = 0x64726F70  # b"drop"
+
+
+class Dropout(Layer):
+    """While training, zeroes each unit with probability p and scales the rest by 1 / (1 - p)."""
+
+    def __init__(self, p: float = 0.5, rng: np.random.Generator | None = None) -> None:
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"Dropout's p must be in [0, 1), got {p}")
+        self.p = float(p)
+        self.rng = rng if rng is not None else np.random.default_rng()
+        self.set_noise(None)
+
+    def set_noise(self, key: tuple[int, ...] | None, offset: int = 0) -> None:
+        self._key, self._offset = key, offset
+
+    def _keep(self, shape: tuple[int, ...]) -> np.ndarray:
+        if self._key is None:
+            return self.rng.random(shape) >= self.p
+        features = int(np.prod(shape[1:]))
+        bits = np.random.PCG64([*self._key, _DROPOUT_STREAM])
+        # the keyed batch's mask is this one stream, `features` words a row: jumping over the rows
+        # before `offset` (O(log n) in PCG64) gives every shard exactly its rows of that mask
+        bits.advance(self._offset * features)
+        # raw words against an integer threshold: P(keep) is exactly 1 - p, and the mask depends on
+        # the bit generator alone, not on how a numpy version makes floats of them
+        return bits.random_raw(shape[0] * features).reshape(shape) >= np.uint64(self.p * 2**64)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if not self.training or self.p == 0:
+            self._scale = None
+            return x
+        # inverted dropout, as torch: the kept units are scaled now, so evaluation is the identity
+        self._scale = self._keep(x.shape) * (x.dtype.type(1) / x.dtype.type(1 - self.p))
+        return x * self._scale
+
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        if not input_grad:
+            return None
+        return grad if self._scale is None else grad * self._scale
+
+    def __repr__(self) -> str:
+        return f"Dropout(p={self.p})"

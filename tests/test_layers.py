@@ -9,6 +9,7 @@ from conftest import assert_close, numerical_grad
 from numpy_cnn import (
     AvgPool2d,
     Conv2d,
+    Dropout,
     Flatten,
     LeakyReLU,
     Linear,
@@ -231,6 +232,81 @@ def test_avgpool_counts_padding():
     np.testing.assert_array_equal(out, np.full((1, 1, 2, 2), 0.25))
 
 
+def test_dropout_eval_and_p_zero_are_the_identity():
+    x, g = f64(np.random.default_rng(15), 4, 6), f64(np.random.default_rng(16), 4, 6)
+    layer = Dropout(0.5)
+    layer.training = False
+    np.testing.assert_array_equal(layer.forward(x), x)
+    np.testing.assert_array_equal(layer.backward(g), g)
+    layer = Dropout(0.0)
+    np.testing.assert_array_equal(layer.forward(x), x)
+    np.testing.assert_array_equal(layer.backward(g), g)
+
+
+@pytest.mark.parametrize("key", [None, (1, 2, 3, 4)])
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
+def test_dropout_drops_about_p_and_scales_the_rest(p, key):
+    layer = Dropout(p, rng=np.random.default_rng(17))
+    layer.set_noise(key, offset=5)
+    x = np.ones((64, 1000), dtype=np.float32)
+    out = layer.forward(x)
+    kept = out != 0
+    assert abs(1 - kept.mean() - p) < 0.01  # 64000 draws: 5 standard deviations
+    np.testing.assert_array_equal(out[kept], np.float32(1) / np.float32(1 - p))
+    g = np.random.default_rng(18).random(x.shape, dtype=np.float32)
+    np.testing.assert_array_equal(layer.backward(g), g * out)  # the same mask and scale
+
+
+def test_dropout_gradients_with_a_fixed_key():
+    layer = Dropout(0.4)
+    layer.set_noise((0, 1, 2, 3))  # the same mask on every forward
+    check_layer(layer, f64(np.random.default_rng(19), 5, 3, 4))
+
+
+def test_dropout_mask_does_not_depend_on_the_split():
+    x = np.ones((64, 3, 5), dtype=np.float32)
+    layer = Dropout(0.5)
+    layer.set_noise((7, 1, 9, 2))
+    whole = layer.forward(x)
+    for a, b in [(0, 1), (0, 16), (5, 6), (16, 48), (31, 64), (63, 64)]:
+        layer.set_noise((7, 1, 9, 2), offset=a)
+        np.testing.assert_array_equal(layer.forward(x[a:b]), whole[a:b])
+
+
+def test_dropout_masks_differ_by_every_key_word():
+    x = np.ones((8, 50), dtype=np.float32)
+
+    def mask(key):
+        layer = Dropout(0.5)
+        layer.set_noise(key)
+        return layer.forward(x) != 0
+
+    base = mask((1, 2, 3, 4))
+    np.testing.assert_array_equal(mask((1, 2, 3, 4)), base)
+    for key in [(0, 2, 3, 4), (1, 0, 3, 4), (1, 2, 0, 4), (1, 2, 3, 0)]:
+        assert (mask(key) != base).any(), key
+    # rows of one batch are not copies of each other
+    assert (base[0] != base[1:]).any(axis=1).all()
+    # SeedSequence pads with zeros: without Dropout's own last word, key (1, 2, 1, 0) would replay
+    # the shift augmentation's stream [seed 1, epoch 2, 1]
+    shifts = np.random.PCG64([1, 2, 1]).random_raw(x.size).reshape(x.shape) >= np.uint64(2**63)
+    assert (mask((1, 2, 1, 0)) != shifts).any()
+
+
+def keyed_dropout(p: float) -> Dropout:
+    layer = Dropout(p)
+    layer.set_noise((0, 0, 0, 0))
+    return layer
+
+
+def test_dropout_without_a_key_draws_from_its_rng():
+    x = np.ones((6, 40))
+    a, b = Dropout(0.5, rng=np.random.default_rng(20)), Dropout(0.5, rng=np.random.default_rng(20))
+    first = a.forward(x)
+    np.testing.assert_array_equal(first, b.forward(x))
+    assert (a.forward(x) != first).any()  # a fresh mask each forward
+
+
 @pytest.mark.parametrize(
     "make,shape",
     [
@@ -243,6 +319,8 @@ def test_avgpool_counts_padding():
         (lambda: Sigmoid(), (4, 10)),
         (lambda: LeakyReLU(), (4, 10)),
         (lambda: Flatten(), (4, 6, 5, 5)),
+        (lambda: Dropout(0.5), (4, 10)),
+        (lambda: keyed_dropout(0.3), (4, 6, 5, 5)),
     ],
 )
 def test_float32_stays_float32(make, shape):
@@ -270,6 +348,8 @@ def test_float64_input_is_not_upcast_by_a_float32_layer():
         lambda: AvgPool2d(3).forward(np.zeros((1, 1, 2, 2))),
         lambda: AvgPool2d(3, padding=2),
         lambda: AvgPool2d(2).forward(np.zeros((1, 4, 4))),
+        lambda: Dropout(1.0),
+        lambda: Dropout(-0.1),
     ],
 )
 def test_bad_shapes_are_clear_errors(bad):
