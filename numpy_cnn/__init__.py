@@ -2,7 +2,20 @@
 
 from . import layers
 from .init import XavierUniform, Zeros
-from .layers import Conv2d, Layer, Linear, MaxPool2d, ReLU, Reshape
+from .layers import (
+    AvgPool2d,
+    Conv2d,
+    Dropout,
+    Flatten,
+    Layer,
+    LeakyReLU,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    Reshape,
+    Sigmoid,
+    Tanh,
+)
 from .loss import CrossEntropyLoss
 from .net import Net
 from .optim import SGD, Adam, Optimizer
@@ -11,15 +24,21 @@ from .tensor import Tensor, default_dtype, get_default_dtype
 __all__ = [
     "SGD",
     "Adam",
+    "AvgPool2d",
     "Conv2d",
     "CrossEntropyLoss",
+    "Dropout",
+    "Flatten",
     "Layer",
+    "LeakyReLU",
     "Linear",
     "MaxPool2d",
     "Net",
     "Optimizer",
     "ReLU",
     "Reshape",
+    "Sigmoid",
+    "Tanh",
     "Tensor",
     "XavierUniform",
     "Zeros",

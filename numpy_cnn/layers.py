@@ -24,10 +24,11 @@ def pair(size: Size, name: str) -> tuple[int, int]:
 
 
 class Layer:
-    """Base class: `params` maps a name ('weight', 'bias') to its Tensor."""
+    """Base class: `params` maps a name ('weight', 'bias') to its Tensor; `training` is the mode."""
 
     def __init__(self) -> None:
         self.params: dict[str, Tensor] = {}
+        self.training = True
 
     @property
     def parameters(self) -> list[Tensor]:
@@ -39,6 +40,9 @@ class Layer:
     def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         """Fill the parameters' .grad; return the gradient wrt the input (None if not input_grad)."""
         raise NotImplementedError
+
+    def set_noise(self, key: tuple[int, ...] | None, offset: int = 0) -> None:
+        """Take the next forwards' noise from stream `key` at row `offset` (None: the layer's own rng)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -167,6 +171,15 @@ class Conv2d(Layer):
         )
 
 
+def window_offsets(x: np.ndarray, k_size: tuple[int, int], stride: tuple[int, int]):
+    """(window position k, strided view of every window's element k), k in row-major order."""
+    (kh, kw), (sh, sw) = k_size, stride
+    oh, ow = output_size(x.shape[2], kh, sh), output_size(x.shape[3], kw, sw)
+    for i in range(kh):
+        for j in range(kw):
+            yield i * kw + j, x[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw]
+
+
 class MaxPool2d(Layer):
     """Max over each window of NCHW input; the gradient goes to the first maximum of a window."""
 
@@ -176,14 +189,6 @@ class MaxPool2d(Layer):
         self.stride = pair(stride if stride is not None else k_size, "stride")
         if min(self.k_size) < 1 or min(self.stride) < 1:
             raise ValueError(f"k_size and stride must be >= 1, got {self.k_size}, {self.stride}")
-
-    def _offsets(self, x: np.ndarray):
-        """(window position k, strided view of every window's element k), k in row-major order."""
-        (kh, kw), (sh, sw) = self.k_size, self.stride
-        oh, ow = output_size(x.shape[2], kh, sh), output_size(x.shape[3], kw, sw)
-        for i in range(kh):
-            for j in range(kw):
-                yield i * kw + j, x[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw]
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         # (N, C, H, W) -> (N, C, OH, OW); rows/columns no window reaches are ignored
@@ -196,7 +201,7 @@ class MaxPool2d(Layer):
         self._swap = x.strides[1] > x.strides[0]
         x = _swap_nc(x, self._swap)
         # loop over the KH*KW window offsets, never over pixels; strict > keeps the first maximum
-        offsets = self._offsets(x)
+        offsets = window_offsets(x, self.k_size, self.stride)
         _, first = next(offsets)
         out = first.copy()
         index_type = np.min_scalar_type(self.k_size[0] * self.k_size[1] - 1)
@@ -217,7 +222,7 @@ class MaxPool2d(Layer):
         dx = np.zeros(self._x_shape, dtype=np.result_type(grad.dtype, self._x_dtype))
         # windows that do not overlap write disjoint pixels, so plain assignment is enough
         overlap = any(k > s for k, s in zip(self.k_size, self.stride))
-        for k, view in self._offsets(dx):
+        for k, view in window_offsets(dx, self.k_size, self.stride):
             hit = self._arg == k
             if overlap:
                 view += np.where(hit, grad, 0)
@@ -234,6 +239,55 @@ def _swap_nc(x: np.ndarray, swap: bool) -> np.ndarray:
     return x.transpose(1, 0, 2, 3) if swap else x
 
 
+class AvgPool2d(Layer):
+    """Mean over each window of zero-padded NCHW input; padded zeros count (torch's count_include_pad)."""
+
+    def __init__(self, k_size: Size, stride: Size | None = None, padding: Size = 0) -> None:
+        super().__init__()
+        self.k_size = pair(k_size, "k_size")
+        self.stride = pair(stride if stride is not None else k_size, "stride")
+        self.padding = pair(padding, "padding")
+        if min(self.k_size) < 1 or min(self.stride) < 1:
+            raise ValueError(f"k_size and stride must be >= 1, got {self.k_size}, {self.stride}")
+        if any(2 * p > k for p, k in zip(self.padding, self.k_size)):  # as torch: no all-padding windows
+            raise ValueError(f"padding {self.padding} is more than half of the window {self.k_size}")
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        # (N, C, H, W) -> (N, C, OH, OW); rows/columns no window reaches are ignored
+        if x.ndim != 4:
+            raise ValueError(f"{self!r} expects input (N, C, H, W), got {x.shape}")
+        (kh, kw), (sh, sw), (ph, pw) = self.k_size, self.stride, self.padding
+        if output_size(x.shape[2], kh, sh, ph) < 1 or output_size(x.shape[3], kw, sw, pw) < 1:
+            raise ValueError(f"{self!r}: input {x.shape[2:]} is smaller than the window")
+        self._swap = x.strides[1] > x.strides[0]  # N and C in memory order, as in MaxPool2d
+        xp = pad2d(_swap_nc(x, self._swap), ph, pw)
+        self._x_shape, self._xp_shape, self._x_dtype = x.shape, xp.shape, x.dtype
+        # loop over the KH*KW window offsets, never over pixels, summing in row-major window order
+        offsets = window_offsets(xp, self.k_size, self.stride)
+        _, first = next(offsets)
+        out = first.copy()
+        for _, view in offsets:
+            out += view
+        # divide, not multiply by 1/(KH*KW): the rounding of torch's avg_pool2d
+        out /= kh * kw
+        return _swap_nc(out, self._swap)
+
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        if not input_grad:
+            return None
+        (kh, kw), (ph, pw) = self.k_size, self.padding
+        g = _swap_nc(grad, self._swap) / (kh * kw)  # a new array: `grad` is left as it was
+        dxp = np.zeros(self._xp_shape, dtype=np.result_type(g.dtype, self._x_dtype))
+        # overlapping windows share pixels, so each kernel offset adds its share
+        for _, view in window_offsets(dxp, self.k_size, self.stride):
+            view += g
+        h, w = self._x_shape[2:]
+        return _swap_nc(dxp[:, :, ph : ph + h, pw : pw + w], self._swap)
+
+    def __repr__(self) -> str:
+        return f"AvgPool2d(k_size={self.k_size}, stride={self.stride}, padding={self.padding})"
+
+
 class ReLU(Layer):
     """max(x, 0); the gradient passes where x > 0."""
 
@@ -243,6 +297,48 @@ class ReLU(Layer):
 
     def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         return grad * self._mask if input_grad else None
+
+
+class LeakyReLU(Layer):
+    """x where x > 0, else negative_slope * x; the gradient is scaled the same way."""
+
+    def __init__(self, negative_slope: float = 0.01) -> None:
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self._mask = x > 0
+        return np.where(self._mask, x, x * self.negative_slope)
+
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        return np.where(self._mask, grad, grad * self.negative_slope) if input_grad else None
+
+    def __repr__(self) -> str:
+        return f"LeakyReLU(negative_slope={self.negative_slope})"
+
+
+class Tanh(Layer):
+    """tanh(x); the gradient is scaled by 1 - tanh(x)^2, from the saved output."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self._out = np.tanh(x)
+        return self._out
+
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        return grad * (1 - self._out * self._out) if input_grad else None
+
+
+class Sigmoid(Layer):
+    """1 / (1 + exp(-x)); the gradient is scaled by s * (1 - s), from the saved output s."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        # exp(-|x|) never overflows: for x < 0, 1 / (1 + exp(-x)) is rewritten as e / (1 + e)
+        e = np.exp(-np.abs(x))
+        self._out = np.where(x >= 0, 1, e) / (1 + e)
+        return self._out
+
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        return grad * (1 - self._out) * self._out if input_grad else None
 
 
 class Reshape(Layer):
@@ -263,3 +359,60 @@ class Reshape(Layer):
 
     def __repr__(self) -> str:
         return f"Reshape({', '.join(map(str, self.shape))})"
+
+
+class Flatten(Reshape):
+    """(N, ...) -> (N, prod(...)), the same as Reshape(-1)."""
+
+    __repr__ = Layer.__repr__  # "Flatten()", not Reshape's "Reshape(-1)"
+
+    def __init__(self) -> None:
+        super().__init__(-1)
+
+
+# SeedSequence pads entropy with zeros ([s, e, 1] and [s, e, 1, 0] seed one stream): a non-zero last
+# word keeps Dropout's streams apart from shorter keys, e.g. the batches' [seed, epoch] and [seed, epoch, 1]
+_DROPOUT_STREAM = 0x64726F70  # b"drop"
+
+
+class Dropout(Layer):
+    """While training, zeroes each unit with probability p and scales the rest by 1 / (1 - p)."""
+
+    def __init__(self, p: float = 0.5, rng: np.random.Generator | None = None) -> None:
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"Dropout's p must be in [0, 1), got {p}")
+        self.p = float(p)
+        self.rng = rng if rng is not None else np.random.default_rng()
+        self.set_noise(None)
+
+    def set_noise(self, key: tuple[int, ...] | None, offset: int = 0) -> None:
+        self._key, self._offset = key, offset
+
+    def _keep(self, shape: tuple[int, ...]) -> np.ndarray:
+        if self._key is None:
+            return self.rng.random(shape) >= self.p
+        features = int(np.prod(shape[1:]))
+        bits = np.random.PCG64([*self._key, _DROPOUT_STREAM])
+        # the keyed batch's mask is this one stream, `features` words a row: jumping over the rows
+        # before `offset` (O(log n) in PCG64) gives every shard exactly its rows of that mask
+        bits.advance(self._offset * features)
+        # raw words against an integer threshold: P(keep) is exactly 1 - p, and the mask depends on
+        # the bit generator alone, not on how a numpy version makes floats of them
+        return bits.random_raw(shape[0] * features).reshape(shape) >= np.uint64(self.p * 2**64)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if not self.training or self.p == 0:
+            self._scale = None
+            return x
+        # inverted dropout, as torch: the kept units are scaled now, so evaluation is the identity
+        self._scale = self._keep(x.shape) * (x.dtype.type(1) / x.dtype.type(1 - self.p))
+        return x * self._scale
+
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        if not input_grad:
+            return None
+        return grad if self._scale is None else grad * self._scale
+
+    def __repr__(self) -> str:
+        return f"Dropout(p={self.p})"

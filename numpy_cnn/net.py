@@ -13,10 +13,47 @@ from .tensor import Tensor
 
 
 class Net:
-    """The layers in order; `parameters` is every Tensor in layer order."""
+    """The layers in order; `parameters` is every Tensor in layer order; `training` is the mode."""
 
     def __init__(self, layers: Iterable[Layer]) -> None:
         self.layers = list(layers)
+        self.training = True
+        self.noise: tuple[int, int, int, int] | None = None
+
+    def train(self, mode: bool = True) -> Net:
+        """Training mode (Dropout drops) or, with mode False, evaluation mode; returns self, as torch."""
+        self.training = mode
+        for layer in self.layers:
+            layer.training = mode
+        return self
+
+    def eval(self) -> Net:
+        """Evaluation mode: Dropout is the identity; returns self."""
+        return self.train(False)
+
+    def set_noise(self, seed: int, epoch: int, index: int, offset: int = 0) -> Net:
+        """Key the random draws of the next forwards: row j of their input is sample offset + j of
+        global batch `index` of `epoch`, so its Dropout mask is the same whichever shard computes it.
+
+        A trainer calls this before each micro-shard's forward, `offset` being the shard's first row
+        in the global batch. Without a key (or after clear_noise) each Dropout draws from its own rng.
+        """
+        if min(seed, epoch, index, offset) < 0:
+            raise ValueError(
+                f"seed, epoch, index and offset must be non-negative, got {seed, epoch, index, offset}"
+            )
+        self.noise = (seed, epoch, index, offset)
+        for i, layer in enumerate(self.layers):
+            # the layer's index in the key: two Dropouts never share a mask
+            layer.set_noise((seed, epoch, index, i), offset)
+        return self
+
+    def clear_noise(self) -> Net:
+        """Back to unkeyed draws: each Dropout from its own rng."""
+        self.noise = None
+        for layer in self.layers:
+            layer.set_noise(None)
+        return self
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         for layer in self.layers:

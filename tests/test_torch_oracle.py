@@ -8,8 +8,22 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assert_close
 
-from numpy_cnn import SGD, Adam, CrossEntropyLoss, MaxPool2d, Tensor, models
+from numpy_cnn import (
+    SGD,
+    Adam,
+    AvgPool2d,
+    CrossEntropyLoss,
+    Dropout,
+    Flatten,
+    LeakyReLU,
+    MaxPool2d,
+    Sigmoid,
+    Tanh,
+    Tensor,
+    models,
+)
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -77,6 +91,79 @@ def test_maxpool_matches_torch(k, s):
     tout.backward(torch.tensor(g))
     np.testing.assert_array_equal(out, tout.detach().numpy())
     np.testing.assert_allclose(pool.backward(g), tx.grad.numpy(), rtol=1e-15)
+
+
+def against_torch(layer, fn, x: np.ndarray, seed: int = 6):
+    """(ours, torch's) output and input gradient of `layer` and `fn` for the same x and out-gradient."""
+    out = layer.forward(x)
+    g = np.random.default_rng(seed).standard_normal(out.shape).astype(x.dtype)
+    tx = torch.tensor(x, requires_grad=True)
+    tout = fn(tx)
+    tout.backward(torch.tensor(g))
+    return (out, layer.backward(g)), (tout.detach().numpy(), tx.grad.numpy())
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize(
+    "layer,fn",
+    [
+        (Tanh(), torch.tanh),
+        (Sigmoid(), torch.sigmoid),
+        (LeakyReLU(), F.leaky_relu),
+        (LeakyReLU(0.2), lambda t: F.leaky_relu(t, 0.2)),
+        (Flatten(), lambda t: torch.flatten(t, 1)),
+    ],
+    ids=repr,
+)
+def test_elementwise_layers_match_torch(layer, fn, dtype):
+    x = (np.random.default_rng(7).standard_normal((4, 3, 5)) * 4).astype(dtype)
+    ours, theirs = against_torch(layer, fn, x)
+    for a, b in zip(ours, theirs):
+        assert a.dtype == b.dtype == dtype
+        # a few ulps of the largest value: torch's vectorised tanh rounds a little differently,
+        # and 1 - tanh^2 keeps that absolute error
+        assert_close(a, b, rtol=4 * np.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize(
+    "k,s,p",
+    [((2, 2), None, (0, 0)), ((3, 3), (2, 2), (1, 1)), ((3, 2), (1, 2), (0, 1)), ((2, 3), (3, 1), (1, 0))],
+)
+def test_avgpool_matches_torch_counting_padding(k, s, p, dtype):
+    x = np.random.default_rng(8).standard_normal((2, 3, 9, 8)).astype(dtype)
+    (out, dx), (tout, tdx) = against_torch(
+        AvgPool2d(k, s, p), lambda t: F.avg_pool2d(t, k, s, p, count_include_pad=True), x
+    )
+    np.testing.assert_array_equal(out, tout)  # the same sums, in the same order, then one division
+    # overlapping windows add into a pixel in another order than torch's
+    assert_close(dx, tdx, rtol=4 * np.finfo(dtype).eps)
+
+
+class Draws:
+    """A stand-in Generator whose random() returns fixed uniforms, to impose torch's mask."""
+
+    def __init__(self, u: np.ndarray) -> None:
+        self.u = u
+
+    def random(self, shape):
+        assert shape == self.u.shape
+        return self.u
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.7])
+def test_dropout_scaling_matches_torch_given_its_mask(p, dtype):
+    x = np.random.default_rng(9).uniform(0.5, 2, (8, 3, 4, 5)).astype(dtype)  # no zeros
+    torch.manual_seed(0)
+    tx = torch.tensor(x, requires_grad=True)
+    tout = F.dropout(tx, p, training=True)
+    g = np.random.default_rng(10).standard_normal(x.shape).astype(dtype)
+    tout.backward(torch.tensor(g))
+    keep = tout.detach().numpy() != 0
+    layer = Dropout(p, rng=Draws(keep.astype(np.float64)))  # uniform 1 keeps a unit, 0 drops it
+    np.testing.assert_array_equal(layer.forward(x), tout.detach().numpy())
+    np.testing.assert_array_equal(layer.backward(g), tx.grad.numpy())
 
 
 @pytest.mark.parametrize(
