@@ -36,8 +36,17 @@ def command(mode: str, model: str, steps: int, metrics: str, extra: list[str]) -
     common = [model, "--max-steps", str(steps), "--epochs", "1", "--metrics", metrics, *extra]
     if mode == "serial":
         return [sys.executable, "-m", "numpy_cnn.train", *common]
-    if mode.startswith("workers-"):
-        return [sys.executable, "-m", "numpy_cnn.launch", "--workers", mode.split("-")[1], *common]
+    if mode.startswith("workers-"):  # workers-N, or workers-N-tcp: local workers over CURVE TCP
+        transport = ["--local-transport", "tcp"] if mode.endswith("-tcp") else []
+        return [
+            sys.executable,
+            "-m",
+            "numpy_cnn.launch",
+            "--workers",
+            mode.split("-")[1],
+            *transport,
+            *common,
+        ]
     if mode.startswith(("torch-", "ddp-")):
         flag = "--threads" if mode.startswith("torch-") else "--ddp"
         script = os.path.join(HERE, "torch_reference.py")
@@ -112,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--modes",
         default=",".join(NUMPY_MODES + (TORCH_MODES if have_torch else [])),
-        help="comma-separated: serial, workers-N, single-N, torch-THREADS, ddp-N (default: %(default)s)",
+        help="comma-separated: serial, workers-N (workers-N-tcp: over CURVE TCP, not ipc), single-N, "
+        "torch-THREADS, ddp-N (default: %(default)s)",
     )
     parser.add_argument("--data-dir", default=None, help="passed on to every run")
     parser.add_argument("--json", metavar="PATH", default=None, help="also write every record here")

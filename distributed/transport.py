@@ -5,6 +5,8 @@ The server sees one interface, `Transport`, so the same ParameterServer runs ove
 
 from __future__ import annotations
 
+import os
+import stat
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -51,10 +53,13 @@ def _nbytes(frames: Sequence[Any]) -> int:
 
 
 class ZmqServerTransport:
-    """The server's ROUTER socket; peers are ZeroMQ routing ids, one per worker connection.
+    """The server's ROUTER sockets; peers are ZeroMQ routing ids, one per worker connection.
 
-    CURVE encrypts every connection, and a ZAP handler admits only clients holding the job's
-    worker key: a peer without it never completes the handshake, so nothing it sends arrives.
+    On tcp://, CURVE encrypts every connection, and a ZAP handler admits only clients holding the
+    job's worker key: a peer without it never completes the handshake, so nothing it sends
+    arrives. With `ipc_dir`, a second ROUTER listens on a Unix socket in that folder, which must
+    be private to this user (mode 0700): only this user's processes on this machine can reach
+    it, the same trust as the key files, so workers started here skip the encryption.
     """
 
     parallel = True  # workers compute at the same time
@@ -65,47 +70,77 @@ class ZmqServerTransport:
         bind: str = "tcp://127.0.0.1:*",
         max_message_bytes: int = -1,
         io_threads: int = 1,
+        ipc_dir: str | None = None,
     ) -> None:
         # CURVE encrypts on the I/O threads, one connection each: more threads, more in parallel
         self.context = zmq.Context(io_threads=io_threads)
         self.auth = allow_only(self.context, keys.peer_public)
-        self.socket = self.context.socket(zmq.ROUTER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished peer is an error
-        # larger frames drop the peer; the limit applies to the encrypted frame, a little longer
-        limit = max_message_bytes + CURVE_OVERHEAD if max_message_bytes >= 0 else -1
-        self.socket.setsockopt(zmq.MAXMSGSIZE, limit)
-        self.socket.curve_secretkey = keys.secret
-        self.socket.curve_publickey = keys.public
-        self.socket.curve_server = True
+        self.sockets: list[zmq.Socket] = []
+        self.local_endpoint = ""
         try:
-            self.socket.bind(bind)  # port * lets the OS pick a free one
-        except zmq.ZMQError as e:
+            tcp = self._router(max_message_bytes + CURVE_OVERHEAD if max_message_bytes >= 0 else -1)
+            # larger frames drop the peer; the limit applies to the encrypted frame, a little longer
+            tcp.curve_secretkey = keys.secret
+            tcp.curve_publickey = keys.public
+            tcp.curve_server = True
+            self.endpoint = self._bind(tcp, bind)
+            if ipc_dir is not None:
+                mode = os.stat(ipc_dir).st_mode
+                if mode & 0o077 or not stat.S_ISDIR(mode):
+                    raise OSError(f"{ipc_dir} must be a folder that only its owner can open (mode 0700)")
+                self.local_endpoint = self._bind(self._router(max_message_bytes), f"ipc://{ipc_dir}/server")
+        except (zmq.ZMQError, OSError):
             self.close()
-            raise OSError(f"cannot bind {bind}: {e}") from None
-        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+            raise
+        self.poller = zmq.Poller()
+        for socket in self.sockets:
+            self.poller.register(socket, zmq.POLLIN)
         self.sent_bytes = self.received_bytes = 0
+
+    def _router(self, max_message_bytes: int) -> zmq.Socket:
+        socket = self.context.socket(zmq.ROUTER)
+        self.sockets.append(socket)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished peer is an error
+        socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        return socket
+
+    @staticmethod
+    def _bind(socket: zmq.Socket, endpoint: str) -> str:
+        try:
+            socket.bind(endpoint)  # port * lets the OS pick a free one
+        except zmq.ZMQError as e:
+            raise OSError(f"cannot bind {endpoint}: {e}") from None
+        return socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def send(self, peer: bytes, frames: Sequence[Any]) -> None:
         # copy=False: zmq reads the arrays in place. The server changes its parameters only after
         # every live worker has answered this step, i.e. after these frames have been delivered.
         # (A worker dropped as stuck may still have PARAMS queued; what it reads no longer counts.)
+        # A peer is its socket's index, then the routing id that socket gave the connection.
         try:
-            self.socket.send_multipart([peer, *frames], copy=False, flags=zmq.NOBLOCK)
-        except zmq.ZMQError as e:
+            self.sockets[peer[0]].send_multipart([peer[1:], *frames], copy=False, flags=zmq.NOBLOCK)
+        except (zmq.ZMQError, IndexError) as e:
             raise ConnectionError(f"cannot send to peer {peer.hex()}: {e}") from None
         self.sent_bytes += _nbytes(frames)
 
     def recv(self, timeout: float) -> tuple[bytes, list] | None:
-        if not self.socket.poll(int(timeout * 1000)):
-            return None
-        peer, *frames = self.socket.recv_multipart(copy=False)
-        self.received_bytes += _nbytes(frames)
-        return peer.bytes, frames
+        ready = dict(self.poller.poll(int(timeout * 1000)))
+        for index, socket in enumerate(self.sockets):
+            if ready.get(socket):
+                peer, *frames = socket.recv_multipart(copy=False)
+                self.received_bytes += _nbytes(frames)
+                return bytes([index]) + peer.bytes, frames
+        return None
+
+    @property
+    def closed(self) -> bool:
+        return all(socket.closed for socket in self.sockets)
 
     def close(self, linger: float = 0.0) -> None:
-        """Close the socket; messages still queued are sent for up to `linger` seconds."""
-        self.socket.close(linger=int(linger * 1000))
+        """Close the sockets; messages still queued are sent for up to `linger` seconds."""
+        for socket in self.sockets:
+            socket.close(linger=int(linger * 1000))
         self.auth.stop()
         self.context.term()
 

@@ -216,9 +216,10 @@ def serve(worker: Worker, endpoint: str, keys: Keys, join_timeout: float) -> Non
     socket = context.socket(zmq.DEALER)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.SNDTIMEO, int(join_timeout * 1000))  # a send that cannot be queued fails
-    socket.curve_secretkey = keys.secret
-    socket.curve_publickey = keys.public
-    socket.curve_serverkey = keys.peer_public
+    if not endpoint.startswith("ipc://"):  # a Unix socket in the server's private folder needs no CURVE
+        socket.curve_secretkey = keys.secret
+        socket.curve_publickey = keys.public
+        socket.curve_serverkey = keys.peer_public
     compute = ComputeThread(worker)
     poller = zmq.Poller()
     poller.register(socket, zmq.POLLIN)

@@ -100,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: a fresh set for this job, deleted at the end)",
     )
     group.add_argument(
+        "--local-transport",
+        choices=("ipc", "tcp"),
+        default="ipc",
+        help="how workers on this machine reach the server: ipc, a Unix socket in a private folder "
+        "(no encryption needed: only this user can open it), or tcp, the CURVE-encrypted TCP port "
+        "that remote workers use (default: %(default)s)",
+    )
+    group.add_argument(
         "--local-workers",
         metavar="N",
         type=non_negative_int,
@@ -134,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     print(describe(config, f" over {config.workers} worker{how}"), flush=True)
     if args.single_process:
         return run_single_process(config)
-    return Job(config, bind=args.bind, keys_dir=args.keys, local_workers=local).run()
+    job = Job(
+        config, bind=args.bind, keys_dir=args.keys, local_workers=local, ipc=args.local_transport == "ipc"
+    )
+    return job.run()
 
 
 def keygen(argv: list[str]) -> int:

@@ -32,6 +32,12 @@ def server_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--bind", default="tcp://127.0.0.1:*", help="ZeroMQ endpoint to listen on (default: %(default)s)"
     )
+    parser.add_argument(
+        "--ipc-dir",
+        default=None,
+        help="also listen on a Unix socket in this private folder (mode 0700), without CURVE, "
+        "for workers on this machine",
+    )
     parser.add_argument("--events-fd", type=int, default=None, help="write JSON-lines progress events here")
     parser.add_argument(
         "--keys",
@@ -62,12 +68,20 @@ def server_main(argv: list[str] | None = None) -> int:
             args.bind,
             max_message_bytes=max(largest, protocol.MAX_HEADER_BYTES),
             io_threads=min(config.workers, os.cpu_count() or 1, 4),
+            ipc_dir=args.ipc_dir,
         )
         server = ParameterServer(config, transport, data, events)
         logging.getLogger("numpy_cnn.distributed.server").info(
             "server: listening on %s (pid %d)", transport.endpoint, os.getpid()
         )
-        events({"event": "listening", "endpoint": transport.endpoint, "total_steps": server.total_steps})
+        events(
+            {
+                "event": "listening",
+                "endpoint": transport.endpoint,
+                "local_endpoint": transport.local_endpoint,
+                "total_steps": server.total_steps,
+            }
+        )
         server.run()
         transport.close(linger=5.0)  # let the STOP messages reach the workers
         transport = None

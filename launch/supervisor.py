@@ -14,6 +14,7 @@ import queue
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -88,6 +89,7 @@ class Job:
         bind: str = "tcp://127.0.0.1:*",
         keys_dir: str | None = None,
         local_workers: int | None = None,
+        ipc: bool = True,
     ) -> None:
         self.config = config
         self.progress = progress or Progress()
@@ -97,7 +99,8 @@ class Job:
         self.keys_dir = keys_dir
         self.local_workers = config.workers if local_workers is None else local_workers
         self.workers: dict[int, Child] = {}  # rank -> its newest process
-        self.endpoint = ""
+        self.endpoint = ""  # where workers connect: the private Unix socket, or the CURVE TCP port
+        self.ipc = ipc
         self.restarts = 0
         self.history: list[dict] = []  # the server's epoch records, as its events bring them
         self.done: dict | None = None  # the server's "done" event
@@ -154,6 +157,12 @@ class Job:
                     self.events.put(event)
 
     def _run(self) -> int:
+        if not (self.ipc and self.local_workers):
+            return self._run_with([])
+        with tempfile.TemporaryDirectory(prefix="numpy-cnn-ipc-") as folder:  # mode 0700
+            return self._run_with(["--ipc-dir", folder])
+
+    def _run_with(self, server_args: list[str]) -> int:
         read_fd, write_fd = os.pipe()
         try:
             server = self._spawn(
@@ -168,6 +177,7 @@ class Job:
                     self.bind,
                     "--keys",
                     str(self.keys_dir),
+                    *server_args,
                 ],
                 pass_fds=(write_fd,),
             )
@@ -204,7 +214,7 @@ class Job:
         kind = event.get("event")
         if kind == "listening" and not self.endpoint:
             self.progress.start(int(event.get("total_steps", 0)))
-            self.endpoint = str(event.get("endpoint"))
+            self.endpoint = str(event.get("local_endpoint") or event.get("endpoint"))
             for rank in range(self.local_workers):
                 self._start_worker(rank)
         elif kind == "worker_lost":

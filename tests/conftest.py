@@ -75,7 +75,7 @@ def server_transport(job_keys):
 
     yield make
     for transport in made:
-        if not transport.socket.closed:
+        if not transport.closed:
             transport.close()
 
 

@@ -137,3 +137,28 @@ def test_a_worker_whose_answers_are_rejected_is_dropped_and_its_work_redone(
         clean.run()
     for a, b in zip(server.params, clean.params):
         assert a.data.tobytes() == b.data.tobytes()
+
+
+def test_local_workers_reach_the_server_over_a_private_unix_socket(job_keys, tmp_path, server_transport):
+    private = tmp_path / "ipc"
+    private.mkdir(mode=0o700)
+    transport = server_transport(ipc_dir=str(private))
+    assert transport.local_endpoint == f"ipc://{private}/server" and transport.endpoint.startswith("tcp://")
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)  # no CURVE keys at all: the folder's mode is the protection
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(transport.local_endpoint)
+        sock.send_multipart(protocol.encode(protocol.HELLO, rank=0, pid=1))
+        peer, frames = transport.recv(5.0)
+        assert protocol.decode(frames).type == protocol.HELLO
+        transport.send(peer, protocol.encode(protocol.STOP, reason="test"))
+        assert sock.poll(5000) and protocol.decode(sock.recv_multipart()).type == protocol.STOP
+    finally:
+        sock.close()
+        context.term()
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    with pytest.raises(OSError, match="only its owner can open"):
+        server_transport(ipc_dir=str(shared))

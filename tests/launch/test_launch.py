@@ -146,7 +146,7 @@ def test_any_worker_count_and_single_process_give_the_same_bits(mnist_dir, tmp_p
     for name, extra in [
         ("workers-1", ["--workers", "1"]),
         ("workers-2", ["--workers", "2", "--metrics", str(tmp_path / "m.jsonl")]),
-        ("workers-2-again", ["--workers", "2"]),
+        ("workers-2-tcp", ["--workers", "2", "--local-transport", "tcp"]),  # CURVE TCP, not ipc
         ("workers-4", ["--workers", "4"]),
         ("single-process", ["--workers", "4", "--single-process"]),
     ]:
