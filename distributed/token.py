@@ -53,14 +53,14 @@ def read_token(env: Mapping[str, str], token_file: str | os.PathLike | None = No
     raise TokenError(f"no job token: set {ENV} or pass --token-file (make one with new_token())")
 
 
-def check(token: str, where: str = "the token") -> str:
+def check(token: str, where: str = "") -> str:
     """`token` without surrounding white space, if it is long enough to be a job's only secret."""
-    token = token.strip()
+    token, named = token.strip(), f"the job token from {where}" if where else "the job token"
     if not token:
-        raise TokenError(f"the job token from {where} is empty")
+        raise TokenError(f"{named} is empty")
     if len(token) < MIN_CHARS:
         raise TokenError(
-            f"the job token from {where} is {len(token)} characters long; it needs at least {MIN_CHARS} "
+            f"{named} is {len(token)} characters long; it needs at least {MIN_CHARS} "
             f"(new_token() makes {len(new_token())})"
         )
     return token
