@@ -185,12 +185,18 @@ class Slurm:
 
     The step's own variables (SLURM_STEP_*) come first: a step may use fewer nodes than its job,
     and SLURM_NODEID counts within the step. Node 0 is the first host of the node list; the port
-    is 20000 + SLURM_JOB_ID % 10000 unless --master-port or MASTER_PORT gives one.
+    is 20000 + SLURM_JOB_ID % 10000 unless --master-port or MASTER_PORT gives one. A one-node job
+    is a single node whatever its task counts (`sbatch -n 8` on one node). Not caught: launch run
+    straight from a multi-node batch script, without srun; node 0 then waits for nodes that never
+    start.
     """
 
     name = "Slurm"
     ONE_TASK = "start one launch per node: srun --ntasks-per-node=1"
     NODES = ("SLURM_STEP_NUM_NODES", "SLURM_NNODES", "SLURM_JOB_NUM_NODES")
+    # (tasks on each node, tasks, nodes): the step's, and the job's for when srun set no step's
+    STEP_COUNTS = ("SLURM_STEP_TASKS_PER_NODE", ("SLURM_STEP_NUM_TASKS",), ("SLURM_STEP_NUM_NODES",))
+    JOB_COUNTS = ("SLURM_TASKS_PER_NODE", ("SLURM_NTASKS",), ("SLURM_NNODES", "SLURM_JOB_NUM_NODES"))
 
     def detect(self, env: Mapping[str, str]) -> bool:
         return "SLURM_NODEID" in env
@@ -224,18 +230,8 @@ class Slurm:
     def _one_task_per_node(self, env: Mapping[str, str]) -> None:
         """More than one task per node would start the same workers twice: refuse."""
         step = "SLURM_STEP_TASKS_PER_NODE" in env  # then the step's own counts replace the job's
-        if step:
-            per_node, task_names, node_names = (
-                "SLURM_STEP_TASKS_PER_NODE",
-                ("SLURM_STEP_NUM_TASKS",),
-                ("SLURM_STEP_NUM_NODES",),
-            )
-        else:
-            per_node, task_names, node_names = (
-                "SLURM_TASKS_PER_NODE",
-                ("SLURM_NTASKS",),
-                ("SLURM_NNODES", "SLURM_JOB_NUM_NODES"),
-            )
+        per_node, task_names, node_names = self.STEP_COUNTS if step else self.JOB_COUNTS
+        if not step:
             _at_most_one("SLURM_NTASKS_PER_NODE", env, self.ONE_TASK)
         if per_node in env and max(_tasks_per_node(per_node, env[per_node])) > 1:
             raise ClusterError(f"{per_node}={env[per_node]!r}: more than one task on a node; {self.ONE_TASK}")
