@@ -10,8 +10,8 @@ import pytest
 import zmq
 from zmq.utils import z85
 
-from distributed.keys import SERVER, WORKER, Keys, allow_only
-from distributed.token import (
+from numpy_cnn.distributed.keys import SERVER, WORKER, Keys, allow_only
+from numpy_cnn.distributed.token import (
     ENV,
     LABELS,
     MIN_CHARS,

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from launch.cluster import ClusterError, NodeSpec, add_arguments, detect, node_ranks, resolve
+from numpy_cnn.launch.cluster import ClusterError, NodeSpec, add_arguments, detect, node_ranks, resolve
 
 
 def flags(**values) -> SimpleNamespace:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from launch.hostlist import MAX_HOSTS, expand, first
+from numpy_cnn.launch.hostlist import MAX_HOSTS, expand, first
 
 
 @pytest.mark.parametrize(
