@@ -40,9 +40,10 @@ EXIT_SERVER_SILENT = 3  # the exit status that tells the launcher the server, no
 class Worker:
     """Rank, replica, and one gradient buffer set per owned micro-shard; built by WELCOME."""
 
-    def __init__(self, rank: int, data: MNIST | None = None) -> None:
+    def __init__(self, rank: int, data: MNIST | None = None, data_dir: str | None = None) -> None:
         self.rank = rank
         self.data = data
+        self.data_dir = data_dir  # where this machine keeps the data (None: NUMPY_CNN_DATA, the cache)
         self.config: JobConfig | None = None
         self.stopped = False
         self.stop_reason = ""
@@ -79,8 +80,8 @@ class Worker:
             config = JobConfig.from_dict(msg["config"])
         except (TypeError, ValueError) as e:
             raise ProtocolError(f"bad job config from the server: {e}") from None
-        if self.data is None:
-            self.data = load(config.dataset, config.data_dir)
+        if self.data is None:  # this machine's copy, found the usual way: not the server's path
+            self.data = load(config.dataset, self.data_dir)
         self.net = build(config.model, seed=config.seed, dtype=config.dtype)
         self.params = self.net.parameters
         self.shape = input_shape(config.model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 
@@ -18,12 +19,15 @@ from numpy_cnn.cli import (
     resume_hint,
     summary,
 )
-from numpy_cnn.distributed import keys
+from numpy_cnn.distributed import keys, token
 from numpy_cnn.distributed.config import FAILURE_POLICIES, JobConfig
 from numpy_cnn.distributed.protocol import ProtocolError
 
+from . import cluster
 from .progress import Progress
 from .supervisor import Job
+
+DEFAULT_BIND = "tcp://127.0.0.1:*"  # one machine: loopback, any free port
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("network")
     group.add_argument(
         "--bind",
-        default="tcp://127.0.0.1:*",
+        default=DEFAULT_BIND,
         help="the server's ZeroMQ endpoint; * picks a free port (default: %(default)s)",
     )
     group.add_argument(
@@ -99,6 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="CURVE keys from `launch keygen DIR`, for workers on other machines "
         "(default: a fresh set for this job, deleted at the end)",
     )
+    group = parser.add_argument_group(
+        "several machines",
+        "one launch per node, each with the same flags; node 0 runs the server. Without these flags "
+        "the node's place comes from torchrun's PET_ variables, Kubeflow's, Slurm's, Open MPI's or a "
+        "Kubernetes Indexed Job's, in that order; a flag beats a variable.",
+    )
+    cluster.add_arguments(group)
+    group.add_argument(
+        "--token-file",
+        metavar="FILE",
+        default=None,
+        help="the job token (from `launch token --file FILE`), private to its owner; default: "
+        "$NUMPY_CNN_TOKEN. Every node derives the job's CURVE keys from it",
+    )
+    group = parser.add_argument_group("this machine")
     group.add_argument(
         "--local-transport",
         choices=("ipc", "tcp"),
@@ -122,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["keygen"]:
         return keygen(argv[1:])
+    if argv[:1] == ["token"]:
+        return make_token(argv[1:])
     if argv[:1] in (["worker"], ["server"]):
         from . import roles  # the processes a job is made of
 
@@ -131,6 +152,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.local_workers is not None and args.local_workers > config.workers:
         parser.error(f"--local-workers {args.local_workers} is more than --workers {config.workers}")
     local = config.workers if args.local_workers is None else args.local_workers
+    try:
+        node = cluster.detect(os.environ, args)
+        ranks = cluster.node_ranks(node, config.workers) if node.nnodes > 1 else range(local)
+        job_token = None
+        if args.token_file is not None or (node.nnodes > 1 and args.keys is None):
+            job_token = token.read_token(os.environ, args.token_file)
+    except cluster.ClusterError as e:
+        parser.error(str(e))
+    except token.TokenError as e:
+        parser.error(
+            f"{e}. A job across machines never runs without authentication: make a token with "
+            "`launch token`, give every node the same one in NUMPY_CNN_TOKEN or --token-file FILE, "
+            "or use --keys DIR"
+        )
+    if node.nnodes > 1 and (args.single_process or args.local_workers is not None):
+        parser.error("--single-process and --local-workers are for one machine: leave them out with --nnodes")
     if args.keys is not None:
         try:
             keys.read(args.keys, keys.SERVER)
@@ -142,10 +179,54 @@ def main(argv: list[str] | None = None) -> int:
     print(describe(config, f" over {config.workers} worker{how}"), flush=True)
     if args.single_process:
         return run_single_process(config)
-    job = Job(
-        config, bind=args.bind, keys_dir=args.keys, local_workers=local, ipc=args.local_transport == "ipc"
+    ipc = args.local_transport == "ipc"
+    if node.nnodes == 1:
+        return Job(
+            config, bind=args.bind, keys_dir=args.keys, local_workers=local, ipc=ipc, token=job_token
+        ).run()
+    try:
+        address = cluster.resolve(node)
+    except cluster.ClusterError as e:
+        parser.error(str(e))
+    here = ", with the server" if node.node_rank == 0 else ""
+    print(
+        f"launch: node {node.node_rank} of {node.nnodes}{here} (from {node.source}); the server at "
+        f"{address}:{node.master_port}; workers {ranks.start}..{ranks.stop - 1} here",
+        flush=True,
     )
+    if node.node_rank == 0:  # every interface, at the agreed port, unless --bind says otherwise
+        bind = args.bind if args.bind != DEFAULT_BIND else f"tcp://*:{node.master_port}"
+        job = Job(config, bind=bind, keys_dir=args.keys, ranks=ranks, ipc=ipc, token=job_token)
+    else:
+        connect = f"tcp://{address}:{node.master_port}"
+        job = Job(config, keys_dir=args.keys, ranks=ranks, connect=connect, token=job_token)
     return job.run()
+
+
+def make_token(argv: list[str]) -> int:
+    parser = Parser(
+        prog="launch token",
+        description="Print a fresh job token (or write it to --file, mode 0600). Every node of a job "
+        "reads the same token from NUMPY_CNN_TOKEN or --token-file and derives the job's CURVE keys "
+        "from it; whoever holds it can join the job, or pose as its server.",
+    )
+    parser.add_argument(
+        "--file", metavar="FILE", default=None, help="write the token here (never overwritten)"
+    )
+    args = parser.parse_args(argv)
+    fresh = token.new_token()
+    if args.file is None:
+        print(fresh)
+        return 0
+    try:
+        fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as e:
+        print(f"launch token: error: {args.file}: {e.strerror}", file=sys.stderr)
+        return 2
+    with os.fdopen(fd, "w") as f:
+        f.write(fresh + "\n")
+    print(f"wrote a job token to {args.file}")
+    return 0
 
 
 def keygen(argv: list[str]) -> int:

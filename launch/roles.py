@@ -13,7 +13,7 @@ from threadpoolctl import threadpool_limits
 
 from numpy_cnn.cli import Parser
 from numpy_cnn.data import load
-from numpy_cnn.distributed import keys, protocol
+from numpy_cnn.distributed import keys, protocol, token
 from numpy_cnn.distributed.config import JobConfig
 from numpy_cnn.distributed.lifeline import exit_when_stdin_closes
 from numpy_cnn.distributed.protocol import ProtocolError
@@ -21,6 +21,13 @@ from numpy_cnn.distributed.server import ParameterServer
 from numpy_cnn.distributed.transport import ZmqServerTransport
 from numpy_cnn.distributed.worker import EXIT_SERVER_SILENT, ServerSilent, Worker, serve
 from numpy_cnn.models import build
+
+
+def job_keys(folder: str | None, role: str, token_file: str | None = None) -> keys.Keys:
+    """`role`'s CURVE keys: from the key files in `folder`, else derived from the job token."""
+    if folder is not None:
+        return keys.read(folder, role)
+    return token.keys_from_token(token.read_token(os.environ, token_file), role)
 
 
 def server_main(argv: list[str] | None = None) -> int:
@@ -41,8 +48,9 @@ def server_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events-fd", type=int, default=None, help="write JSON-lines progress events here")
     parser.add_argument(
         "--keys",
-        required=True,
-        help="folder with server.key_secret and worker.key (written by `launch keygen`)",
+        default=None,
+        help="folder with server.key_secret and worker.key (written by `launch keygen`); "
+        "default: derived from the job token in $NUMPY_CNN_TOKEN",
     )
     parser.add_argument("--watch-stdin", action="store_true", help="exit when standard input closes")
     args = parser.parse_args(argv)
@@ -64,7 +72,7 @@ def server_main(argv: list[str] | None = None) -> int:
         data = load(config.dataset, config.data_dir)  # before listening: workers then find it cached
         largest = max(p.data.nbytes for p in build(config.model, dtype=config.dtype).parameters)
         transport = ZmqServerTransport(
-            keys.read(args.keys, keys.SERVER),
+            job_keys(args.keys, keys.SERVER),
             args.bind,
             max_message_bytes=max(largest, protocol.MAX_HEADER_BYTES),
             io_threads=min(config.workers, os.cpu_count() or 1, 4),
@@ -115,8 +123,16 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keys",
         metavar="DIR",
-        required=True,
-        help="folder with worker.key_secret and server.key (written by `launch keygen`)",
+        default=None,
+        help="folder with worker.key_secret and server.key (written by `launch keygen`); "
+        "default: derived from the job token in $NUMPY_CNN_TOKEN or --token-file",
+    )
+    parser.add_argument("--token-file", metavar="FILE", default=None, help="read the job token from FILE")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="this machine's data folder (default: $NUMPY_CNN_DATA, then the cache, then download), "
+        "whatever the server's machine uses",
     )
     parser.add_argument(
         "--watch-stdin",
@@ -129,9 +145,9 @@ def worker_main(argv: list[str] | None = None) -> int:
         exit_when_stdin_closes(f"worker {args.rank}")
     # one BLAS thread: deterministic bits, and N workers share the cores without oversubscribing
     threadpool_limits(1)
-    worker = Worker(args.rank)
+    worker = Worker(args.rank, data_dir=args.data_dir)
     try:
-        serve(worker, args.connect, keys.read(args.keys, keys.WORKER), args.join_timeout)
+        serve(worker, args.connect, job_keys(args.keys, keys.WORKER, args.token_file), args.join_timeout)
     except ServerSilent as e:
         print(f"worker {args.rank}: error: {e}", file=sys.stderr, flush=True)
         return EXIT_SERVER_SILENT

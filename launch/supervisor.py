@@ -90,7 +90,13 @@ class Job:
         keys_dir: str | None = None,
         local_workers: int | None = None,
         ipc: bool = True,
+        ranks: range | None = None,
+        connect: str | None = None,
+        token: str | None = None,
     ) -> None:
+        """`ranks`: the workers started here (default: the first `local_workers`); `connect`: the
+        server's endpoint on another node (this node then runs no server); `token`: the job token
+        the children derive their keys from, instead of key files."""
         self.config = config
         self.progress = progress or Progress()
         self.children: list[Child] = []
@@ -98,6 +104,10 @@ class Job:
         self.bind = bind
         self.keys_dir = keys_dir
         self.local_workers = config.workers if local_workers is None else local_workers
+        self.ranks = range(self.local_workers) if ranks is None else ranks
+        self.local_workers = len(self.ranks)
+        self.connect = connect
+        self.token = token
         self.workers: dict[int, Child] = {}  # rank -> its newest process
         self.endpoint = ""  # where workers connect: the private Unix socket, or the CURVE TCP port
         self.ipc = ipc
@@ -113,7 +123,7 @@ class Job:
     def run(self) -> int:
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
-            if self.keys_dir is not None:
+            if self.keys_dir is not None or self.token is not None:
                 return self._run()
             with TemporaryKeys() as folder:  # a fresh key set, only for this job
                 self.keys_dir = str(folder)
@@ -140,6 +150,8 @@ class Job:
 
     def _spawn(self, name: str, args: list[str], env_extra: dict | None = None, pass_fds=()) -> Child:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
+        if self.token is not None:  # private to this user, like the key files it replaces
+            env["NUMPY_CNN_TOKEN"] = self.token
         argv = [sys.executable, "-m", "numpy_cnn.launch", *args, "--watch-stdin"]
         child = Child(name, argv, self.progress, env, pass_fds)
         self.children.append(child)
@@ -157,6 +169,8 @@ class Job:
                     self.events.put(event)
 
     def _run(self) -> int:
+        if self.connect is not None:
+            return self._run_workers_only()
         if not (self.ipc and self.local_workers):
             return self._run_with([])
         with tempfile.TemporaryDirectory(prefix="numpy-cnn-ipc-") as folder:  # mode 0700
@@ -175,8 +189,7 @@ class Job:
                     str(write_fd),
                     "--bind",
                     self.bind,
-                    "--keys",
-                    str(self.keys_dir),
+                    *self._keys_args(),
                     *server_args,
                 ],
                 pass_fds=(write_fd,),
@@ -215,7 +228,7 @@ class Job:
         if kind == "listening" and not self.endpoint:
             self.progress.start(int(event.get("total_steps", 0)))
             self.endpoint = str(event.get("local_endpoint") or event.get("endpoint"))
-            for rank in range(self.local_workers):
+            for rank in self.ranks:
                 self._start_worker(rank)
         elif kind == "worker_lost":
             self._kill_lost(event.get("rank"), event.get("pid"))
@@ -263,11 +276,40 @@ class Job:
                 str(rank),
                 "--join-timeout",
                 str(self.config.join_timeout),
-                "--keys",
-                str(self.keys_dir),
+                *self._keys_args(),
+                *(["--data-dir", self.config.data_dir] if self.config.data_dir else []),
             ],
             env_extra=one_thread,
         )
+
+    def _keys_args(self) -> list[str]:
+        return ["--keys", str(self.keys_dir)] if self.keys_dir is not None else []
+
+    def _run_workers_only(self) -> int:
+        """A node without the server: start this node's workers, restart the ones that die, and
+        end when every one of them has been told by the server that the job is over."""
+        self.endpoint = self.connect
+        for rank in self.ranks:
+            self._start_worker(rank)
+        while True:
+            time.sleep(0.1)
+            finished = True
+            for rank, child in list(self.workers.items()):
+                rc = child.process.poll()
+                if rc == 0:
+                    continue
+                finished = False
+                if rc is None:
+                    continue
+                if rc == EXIT_SERVER_SILENT:
+                    return self._fail(child, f"(the server at {self.connect} went silent)")
+                if self.config.on_worker_failure == "abort":
+                    return self._fail(child)
+                if not self._restart(rank, child) or not self.workers:
+                    return self._fail(child, "and this node has no other worker left")
+            if finished:
+                self.say(f"every worker of this node ({', '.join(map(str, self.ranks))}) finished")
+                return 0
 
     def _fail(self, child: Child, more: str = "") -> int:
         what = f"{child.name} {child.describe_exit()}" + (f" {more}" if more else "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -51,6 +52,19 @@ def mnist_dir() -> Path:
         return SHARED_MNIST
     load()  # fetches and verifies into the user cache, exactly as a user's first run does
     return cache_dir("mnist").resolve()
+
+
+@pytest.fixture
+def hashed(monkeypatch) -> list[int]:
+    """The sizes of the data given to hashlib.sha256, one per call, from now on."""
+    calls, real = [], hashlib.sha256
+
+    def counting(data=b"", *args, **kwargs):
+        calls.append(len(data))
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(hashlib, "sha256", counting)
+    return calls
 
 
 @pytest.fixture(scope="session")

@@ -264,13 +264,13 @@ def test_a_relative_folder_is_shown_in_full(isolated, tmp_path, monkeypatch):
         load_file(LABELS, "mnist", "data")
 
 
-def test_train_cli_with_a_missing_data_dir_exits_1_naming_it(valid_cache):
+def test_train_cli_with_a_missing_data_dir_exits_2_naming_it(valid_cache):
     argv = ["-m", "numpy_cnn.train", "fc-net", "--max-steps", "2", "--data-dir", "/does/not/exist"]
     env = {**os.environ, "NUMPY_CNN_MIRRORS": ""}  # as isolated: the cache is valid, no network
     r = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=120, env=env)
-    assert r.returncode == 1
-    assert r.stderr.startswith("error: --data-dir /does/not/exist: no such folder. ")
-    assert len(r.stderr.splitlines()) == 1
+    assert r.returncode == 2 and r.stdout == ""  # a flag error: nothing started, the cache unused
+    error, _pointer = r.stderr.splitlines()
+    assert error.startswith("python -m numpy_cnn.train: error: --data-dir /does/not/exist: no such folder. ")
 
 
 def test_a_verified_file_is_remembered_in_the_cache_not_beside_it(isolated, mnist_forms, hashed, monkeypatch):
