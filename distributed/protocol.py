@@ -15,11 +15,12 @@ from typing import Any
 import msgpack
 import numpy as np
 
-VERSION = 2
+VERSION = 3  # 3: WELCOME carries what workers must agree with; REFUSE
 HEARTBEATS_PER_TIMEOUT = 5  # a peer silent for a whole --timeout has missed this many heartbeats
 
 HELLO = "hello"  # worker -> server: rank, pid
-WELCOME = "welcome"  # server -> worker: rank, the job's config
+WELCOME = "welcome"  # server -> worker: rank, the job's config, what the worker must agree with
+REFUSE = "refuse"  # worker -> server: rank, how it differs (protocol, package, model, data)
 READY = "ready"  # worker -> server: rank; its data and replica are built
 PARAMS = "params"  # server -> worker: step, batch, the shard-tree nodes to compute; the parameters
 GRADS = "grads"  # worker -> server: the sums of the gradient over those nodes, and batch statistics
@@ -29,7 +30,8 @@ STOP = "stop"  # server -> worker: reason
 # each message type's fields and their types; every field is required, no other is allowed
 SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     HELLO: {"rank": int, "pid": int},
-    WELCOME: {"rank": int, "config": dict},
+    WELCOME: {"rank": int, "config": dict, "expect": dict},
+    REFUSE: {"rank": int, "reason": str},
     READY: {"rank": int},
     PARAMS: {
         "step": int,

@@ -21,7 +21,7 @@ from numpy_cnn.optim import Adam
 from numpy_cnn.runbook import RunBook
 from numpy_cnn.shards import Node
 
-from . import protocol
+from . import agreement, protocol
 from .config import JobConfig
 from .ledger import StepLedger
 from .protocol import HEARTBEATS_PER_TIMEOUT, Message, ProtocolError
@@ -78,6 +78,7 @@ class ParameterServer:
         self.net = build(config.model, seed=config.seed, dtype=config.dtype)
         self.params = self.net.parameters
         self.optimizer = Adam(self.params, lr=config.lr)
+        self.identity = agreement.identity(self.net, config.dataset)  # what every worker must share
         self.shape = input_shape(config.model)
         self.per_epoch = steps_per_epoch(len(self.data.train), config.batch_size)
         self.step = 0  # optimizer steps taken
@@ -137,7 +138,7 @@ class ParameterServer:
                 self.ledger.accept(msg, len(self.params))
             else:
                 self._reject(peer, reason)
-        elif msg.type not in (protocol.READY, protocol.HEARTBEAT):
+        elif msg.type not in (protocol.READY, protocol.HEARTBEAT, protocol.REFUSE):
             self._reject(peer, f"unexpected {msg.type} message")
         elif rank is None:
             self._reject(peer, f"{msg.type} message from a peer that is not a registered worker")
@@ -145,6 +146,8 @@ class ParameterServer:
             self._reject(peer, f"claims rank {msg['rank']} on the connection of rank {rank}")
         elif msg.type == protocol.HEARTBEAT:
             self._heartbeat(rank, msg["answered"])
+        elif msg.type == protocol.REFUSE:
+            self._lose(rank, f"refused the job: {msg['reason'][:500]}")
         elif not self.members[rank].ready:
             self.members[rank].ready = True
             self.stalled_since = None
@@ -220,7 +223,10 @@ class ParameterServer:
             self.members[rank] = Member(rank, peer, msg["pid"], heard=time.monotonic())
             self.ranks[peer] = rank
             log.info("server: worker %d connected (pid %d)", rank, msg["pid"])
-            self._send(rank, protocol.encode(protocol.WELCOME, rank=rank, config=self.config.to_dict()))
+            welcome = protocol.encode(
+                protocol.WELCOME, rank=rank, config=self.config.to_dict(), expect=self.identity
+            )
+            self._send(rank, welcome)
 
     def _lose(self, rank: int, why: str, hint: str = "") -> None:
         """Drop worker `rank`; its unfinished nodes go to the live workers (or the job stops)."""

@@ -24,7 +24,7 @@ from numpy_cnn.loss import CrossEntropyLoss
 from numpy_cnn.models import build, input_shape
 from numpy_cnn.shards import leaves_of, shard_bounds, shard_gradient, tree_sum
 
-from . import protocol
+from . import agreement, protocol
 from .config import JobConfig
 from .keys import Keys
 from .protocol import Message, ProtocolError
@@ -80,9 +80,10 @@ class Worker:
             config = JobConfig.from_dict(msg["config"])
         except (TypeError, ValueError) as e:
             raise ProtocolError(f"bad job config from the server: {e}") from None
+        self.net = build(config.model, seed=config.seed, dtype=config.dtype)
+        agreement.check(msg["expect"], agreement.identity(self.net, config.dataset))
         if self.data is None:  # this machine's copy, found the usual way: not the server's path
             self.data = load(config.dataset, self.data_dir)
-        self.net = build(config.model, seed=config.seed, dtype=config.dtype)
         self.params = self.net.parameters
         self.shape = input_shape(config.model)
         self.loss = CrossEntropyLoss()
@@ -226,6 +227,7 @@ def serve(worker: Worker, endpoint: str, keys: Keys, join_timeout: float) -> Non
     poller.register(socket, zmq.POLLIN)
     poller.register(compute.wake_r, zmq.POLLIN)
     todo: deque[Message] = deque()
+    linger = 0.0  # seconds the last messages may take to leave when the socket closes
     computing = False  # the current job is a gradient (not the setup)
     welcomed = False
     answered = 0  # PARAMS messages finished
@@ -242,7 +244,12 @@ def serve(worker: Worker, endpoint: str, keys: Keys, join_timeout: float) -> Non
         beat_progress = -1
         while not worker.stopped:
             if compute.busy and compute.result is not None:
-                reply = compute.take()  # the compute thread's errors are raised here
+                try:
+                    reply = compute.take()  # the compute thread's errors are raised here
+                except agreement.Disagreement as e:  # tell the server why, then end
+                    send(protocol.encode(protocol.REFUSE, rank=worker.rank, reason=str(e)))
+                    linger = 1.0
+                    raise
                 if reply is not None:
                     send(reply)
                 answered += computing
@@ -292,5 +299,5 @@ def serve(worker: Worker, endpoint: str, keys: Keys, join_timeout: float) -> Non
                     except ProtocolError as e:
                         log.warning("worker %d: rejected a message from the server: %s", worker.rank, e)
     finally:
-        socket.close(linger=0)
+        socket.close(linger=int(linger * 1000))
         context.term()

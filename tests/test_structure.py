@@ -116,3 +116,12 @@ def test_the_folders_install_under_numpy_cnn_only():
     code = "import importlib.util as u; print(u.find_spec('distributed'), u.find_spec('launch'))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=60)
     assert str(ROOT) not in r.stdout, r.stdout
+
+
+def test_every_package_folder_is_installed():
+    """pyproject lists the packages by hand (the folders are mapped): a new subpackage must be added."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {name for name, path in modules().items() if path.name == "__init__.py"}
+    assert folders <= listed, f"add {sorted(folders - listed)} to [tool.setuptools] packages"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import subprocess
+import sys
 import threading
 import time
 
@@ -162,3 +165,44 @@ def test_local_workers_reach_the_server_over_a_private_unix_socket(job_keys, tmp
     shared.chmod(0o755)
     with pytest.raises(OSError, match="only its owner can open"):
         server_transport(ipc_dir=str(shared))
+
+
+DIFFERENT_MODEL = """
+import sys
+import numpy_cnn.models as models
+from numpy_cnn import layers
+from numpy_cnn.net import Net
+
+# this machine's fc-net has a narrower hidden layer than the server's
+models.MODELS["fc-net"] = lambda rng: Net([layers.Linear(784, 300, rng=rng), layers.ReLU(),
+                                          layers.Linear(300, 100, rng=rng), layers.ReLU(),
+                                          layers.Linear(100, 10, rng=rng)])
+from numpy_cnn.launch.roles import worker_main
+sys.exit(worker_main(sys.argv[1:]))
+"""
+
+
+def test_a_worker_with_another_model_definition_is_refused_on_both_sides(
+    mnist_dir, server_transport, job_keys, caplog
+):
+    data = load("mnist", str(mnist_dir))
+    config = JobConfig("fc-net", workers=1, timeout=1.0, join_timeout=5.0, data_dir=str(mnist_dir))
+    transport = server_transport()
+    server = ParameterServer(config, transport, data)
+    argv = ["--connect", transport.endpoint, "--rank", "0", "--keys", str(job_keys), "--join-timeout", "20"]
+    worker = subprocess.Popen(
+        [sys.executable, "-c", DIFFERENT_MODEL, *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        with caplog.at_level(logging.WARNING), pytest.raises(TimeoutError, match="only workers"):
+            server.register()
+        out, _ = worker.communicate(timeout=20)
+    finally:
+        worker.kill()
+        worker.wait(timeout=10)
+    assert worker.returncode == 1
+    assert "worker 0: error: model differs: the server has 5 layers" in out, out
+    assert "worker 0 refused the job: model differs" in caplog.text

@@ -37,7 +37,8 @@ def test_round_trip_without_copies():
 def test_every_message_type_round_trips():
     samples = {
         protocol.HELLO: {"rank": 0, "pid": 1},
-        protocol.WELCOME: {"rank": 1, "config": {"model": "fc-net"}},
+        protocol.WELCOME: {"rank": 1, "config": {"model": "fc-net"}, "expect": {"protocol": "3"}},
+        protocol.REFUSE: {"rank": 1, "reason": "model differs"},
         protocol.READY: {"rank": 1},
         protocol.PARAMS: {"step": 0, "version": 0, "epoch": 0, "index": 0, "nodes": [[0, 1]]},
         protocol.GRADS: {

@@ -7,7 +7,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from numpy_cnn.data import global_batch, load
-from numpy_cnn.distributed import protocol
+from numpy_cnn.distributed import agreement, protocol
 from numpy_cnn.distributed.config import JobConfig
 from numpy_cnn.distributed.protocol import ProtocolError
 from numpy_cnn.distributed.worker import Worker
@@ -22,7 +22,9 @@ def data(mnist_dir):
 
 
 def welcome(worker: Worker, config: JobConfig) -> None:
-    msg = protocol.decode(protocol.encode(protocol.WELCOME, rank=worker.rank, config=config.to_dict()))
+    expect = agreement.identity(build(config.model), config.dataset)
+    msg = protocol.encode(protocol.WELCOME, rank=worker.rank, config=config.to_dict(), expect=expect)
+    msg = protocol.decode(msg)
     ready = protocol.decode(worker.handle(msg))
     assert ready.type == protocol.READY and ready["rank"] == worker.rank
 
@@ -75,6 +77,21 @@ def test_refuses_work_it_cannot_do(data):
     with pytest.raises(ProtocolError, match="has no batch"):
         worker.handle(params(conv, [(0, 2)], index=10_000))
     with pytest.raises(ProtocolError, match="welcomed as rank 1"):
-        worker.handle(protocol.decode(protocol.encode(protocol.WELCOME, rank=1, config={})))
+        worker.handle(protocol.decode(protocol.encode(protocol.WELCOME, rank=1, config={}, expect={})))
     stop = protocol.decode(protocol.encode(protocol.STOP, reason="test over"))
     assert worker.handle(stop) is None and worker.stopped and worker.stop_reason == "test over"
+
+
+def test_a_worker_that_differs_from_the_server_refuses_naming_the_difference(data):
+    config = JobConfig("fc-net", workers=2)
+    expect = agreement.identity(build("fc-net"), "mnist")
+    for key, other, words in [
+        ("package", "0.0.1", "numpy_cnn version differs: the server has 0.0.1"),
+        ("model", agreement.model_digest(build("conv-net")), "model differs"),
+        ("data", agreement.data_digest("fashion-mnist"), "data differs: the server has fashion-mnist"),
+    ]:
+        welcome = protocol.encode(
+            protocol.WELCOME, rank=0, config=config.to_dict(), expect={**expect, key: other}
+        )
+        with pytest.raises(agreement.Disagreement, match=words):
+            Worker(0, data).handle(protocol.decode(welcome))

@@ -9,8 +9,10 @@ import os
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -263,3 +265,59 @@ def test_launch_token_prints_or_writes_a_private_token(tmp_path):
         [*LAUNCH, *args, "--master-port", "29621", "conv-net"], capture_output=True, text=True
     )
     assert refused.returncode == 2 and str(path) in refused.stderr
+
+
+AGENT = """#!/bin/sh
+# Open MPI's rsh agent, called as "agent HOST COMMAND...": HOST is one of the test's namespaces
+host=$1; shift
+exec ip netns exec "$host" sh -c "$*"
+"""
+
+
+def wait_reachable(hosts: Hosts, address: str, timeout: float = 15.0) -> None:
+    """Until every namespace can open a TCP connection to `address` (a fresh address may take a
+    moment to answer), bounded by `timeout`."""
+    listener = socket.create_server((address, 0))
+    probe = f"import socket; socket.create_connection(({address!r}, {listener.getsockname()[1]}), 1).close()"
+    try:
+        deadline = time.monotonic() + timeout
+        for ns in hosts.names:
+            while subprocess.run(
+                ["ip", "netns", "exec", ns, sys.executable, "-c", probe], capture_output=True
+            ).returncode:
+                assert time.monotonic() < deadline, f"{ns} cannot reach {address}"
+                time.sleep(0.2)
+    finally:
+        listener.close()
+
+
+def test_mpirun_starts_one_launch_per_node(hosts, reference, mnist_dir, tmp_path):
+    """Debian's Open MPI starts the three launches, one per namespace, through an rsh agent that
+    enters the namespace instead of ssh; the job needs no MPI of its own, only mpirun's variables."""
+    if shutil.which("mpirun") is None:
+        pytest.skip("mpirun is not installed (Debian's openmpi-bin)")
+    agent = tmp_path / "agent.sh"
+    agent.write_text(AGENT)
+    agent.chmod(0o755)
+    # mpirun's daemons call home over the bridge: give this side an address on it, removed after
+    subprocess.run(["ip", "addr", "add", f"{SUBNET}.254/24", "dev", hosts.bridge], check=True)
+    wait_reachable(hosts, f"{SUBNET}.254")
+    save = tmp_path / "mpi.npz"
+    env = {
+        **base_env(mnist_dir, new_token()),
+        "OMPI_ALLOW_RUN_AS_ROOT": "1",
+        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    }
+    mpirun = ["mpirun", "--host", ",".join(hosts.names), "--map-by", "ppr:1:node", "-np", str(NODES)]
+    mpirun += ["--mca", "plm_rsh_agent", str(agent), "--mca", "oob_tcp_if_include", f"{SUBNET}.0/24"]
+    mpirun += ["-x", "NUMPY_CNN_TOKEN", "-x", "NUMPY_CNN_DATA", "-x", "PATH"]
+    command = [*mpirun, *LAUNCH, "--master-addr", f"{SUBNET}.1", "--master-port", "29623", *COMMON]
+    try:
+        result = subprocess.run(
+            [*command, "--save", str(save)], capture_output=True, text=True, env=env, timeout=240
+        )
+    finally:
+        subprocess.run(["ip", "addr", "del", f"{SUBNET}.254/24", "dev", hosts.bridge], capture_output=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "OMPI_COMM_WORLD_SIZE" in result.stdout
+    assert same_bits(load_npz(save), reference)
