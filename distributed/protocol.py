@@ -18,7 +18,7 @@ import numpy as np
 VERSION = 3  # 3: WELCOME carries what workers must agree with; REFUSE
 HEARTBEATS_PER_TIMEOUT = 5  # a peer silent for a whole --timeout has missed this many heartbeats
 
-HELLO = "hello"  # worker -> server: rank, pid
+HELLO = "hello"  # worker -> server: rank, pid, boot (the machine's boot id: is its clock ours?)
 WELCOME = "welcome"  # server -> worker: rank, the job's config, what the worker must agree with
 REFUSE = "refuse"  # worker -> server: rank, how it differs (protocol, package, model, data)
 READY = "ready"  # worker -> server: rank; its data and replica are built
@@ -29,7 +29,7 @@ STOP = "stop"  # server -> worker: reason
 
 # each message type's fields and their types; every field is required, no other is allowed
 SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
-    HELLO: {"rank": int, "pid": int},
+    HELLO: {"rank": int, "pid": int, "boot": str},
     WELCOME: {"rank": int, "config": dict, "expect": dict},
     REFUSE: {"rank": int, "reason": str},
     READY: {"rank": int},
@@ -49,6 +49,7 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
         "loss": float,  # sum of the per-sample losses
         "correct": int,
         "compute_s": float,
+        "started": float,  # when the computation began, on the worker's monotonic clock
     },
     HEARTBEAT: {"rank": int, "answered": int},  # answered: PARAMS the worker has finished with
     STOP: {"reason": str},

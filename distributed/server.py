@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,35 +23,13 @@ from numpy_cnn.shards import Node
 from . import agreement, protocol
 from .config import JobConfig
 from .ledger import StepLedger
+from .members import DEBUGGER_HINT, Member, WorkerLost
 from .protocol import HEARTBEATS_PER_TIMEOUT, Message, ProtocolError
 from .ranks import plan, share
-from .stats import EpochStats, format_timing
+from .stats import EpochStats, boot_id, format_timing
 from .transport import Transport
 
 log = logging.getLogger("numpy_cnn.distributed.server")
-
-
-@dataclass
-class Member:
-    """A registered worker: its connection, whether its replica is built, when it last spoke."""
-
-    rank: int
-    peer: bytes
-    pid: int  # as it says: for the launcher, which kills a stuck worker by pid
-    heard: float
-    ready: bool = False
-    asked: int = 0  # PARAMS messages sent to it
-
-
-# a worker stopped at a breakpoint sends no heartbeats either: say so where silence drops one
-DEBUGGER_HINT = (
-    ". (A worker paused in a debugger looks the same: to debug with pdb, run the job with "
-    "--single-process, where the server and the workers share one process.)"
-)
-
-
-class WorkerLost(RuntimeError):
-    """A worker died or went silent, and the job was told to stop then (--on-worker-failure abort)."""
 
 
 class ParameterServer:
@@ -79,6 +56,7 @@ class ParameterServer:
         self.params = self.net.parameters
         self.optimizer = Adam(self.params, lr=config.lr)
         self.identity = agreement.identity(self.net, config.dataset)  # what every worker must share
+        self.boot = boot_id()
         self.shape = input_shape(config.model)
         self.per_epoch = steps_per_epoch(len(self.data.train), config.batch_size)
         self.step = 0  # optimizer steps taken
@@ -220,7 +198,7 @@ class ParameterServer:
         elif rank in self.members or peer in self.ranks:
             self._reject(peer, f"HELLO for rank {rank}, which is already registered")
         else:
-            self.members[rank] = Member(rank, peer, msg["pid"], heard=time.monotonic())
+            self.members[rank] = Member(rank, peer, msg["pid"], heard=time.monotonic(), boot=msg["boot"])
             self.ranks[peer] = rank
             log.info("server: worker %d connected (pid %d)", rank, msg["pid"])
             welcome = protocol.encode(
@@ -323,7 +301,7 @@ class ParameterServer:
         n = len(
             global_batch(len(self.data.train), config.batch_size, config.seed, epoch, index, config.max_shift)
         )
-        start = time.perf_counter()
+        start, began = time.perf_counter(), time.monotonic()
         self.batch = (epoch, index)
         ready = self.ready_ranks()
         work = plan(ready, config.workers, config.shards) if ready else {}
@@ -352,6 +330,9 @@ class ParameterServer:
         self.step += 1
         self.version += 1
         done = time.perf_counter()
+        local = all(self.members[m["rank"]].boot == self.boot for m in answers if m["rank"] in self.members)
+        intervals = [(m["started"], m["started"] + m["compute_s"]) for m in answers]
+        stats.add_exposed(began, time.monotonic(), intervals if local and self.boot else None)
         computes = [m["compute_s"] for m in answers]
         compute = max(computes) if self.transport.parallel else sum(computes)
         stats.steps += 1

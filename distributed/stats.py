@@ -16,6 +16,8 @@ class EpochStats:
     compute: float = 0.0  # the workers' forward/backward (the slowest worker's, when in parallel)
     comm: float = 0.0  # the rest of the wait for gradients: encoding, the wire, decoding, stragglers
     update: float = 0.0  # summing the tree and Adam
+    exposed: float = 0.0  # the part of the step in which no worker computed
+    exposed_known: bool = True  # False when a worker's clock is not the server's (another machine)
     bytes: int = 0  # array and header frames sent and received by the server
     extra: dict = field(default_factory=dict)
 
@@ -28,12 +30,39 @@ class EpochStats:
             "compute_ms": ms["compute"],
             "comm_ms": ms["comm"],
             "update_ms": ms["update"],
+            "exposed_comm_ms": round(1000 * self.exposed / n, 3) if self.exposed_known else None,
             "bytes_per_step": round(self.bytes / n),
         }
+
+    def add_exposed(self, start: float, end: float, intervals: list[tuple[float, float]] | None) -> None:
+        """Add the time in [start, end] that no interval covers (None: the clocks are unknown)."""
+        if intervals is None:
+            self.exposed_known = False
+            return
+        covered, reach = 0.0, start
+        for lo, hi in sorted(intervals):
+            lo, hi = max(lo, reach), min(hi, end)
+            if hi > lo:
+                covered, reach = covered + hi - lo, hi
+        self.exposed += (end - start) - covered
 
 
 def format_timing(r: dict) -> str:
     return (
         f"step {r['step_ms']:.2f} ms = compute {r['compute_ms']:.2f} + comm {r['comm_ms']:.2f} "
         f"+ update {r['update_ms']:.2f}, {r['bytes_per_step'] / 1e6:.2f} MB/step"
+        + (
+            f", no worker computing for {r['exposed_comm_ms']:.2f} ms"
+            if r.get("exposed_comm_ms") is not None
+            else ""
+        )
     )
+
+
+def boot_id() -> str:
+    """This boot of this machine: processes that share it share one monotonic clock."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return ""  # unknown: never taken for the server's

@@ -29,6 +29,7 @@ from .config import JobConfig
 from .keys import Keys
 from .protocol import Message, ProtocolError
 from .ranks import parse_nodes, worker_shards
+from .stats import boot_id
 
 log = logging.getLogger("numpy_cnn.distributed.worker")
 
@@ -50,7 +51,7 @@ class Worker:
         self.progress = 0  # micro-shards computed so far
 
     def hello(self) -> list:
-        return protocol.encode(protocol.HELLO, rank=self.rank, pid=os.getpid())
+        return protocol.encode(protocol.HELLO, rank=self.rank, pid=os.getpid(), boot=boot_id())
 
     def handle(self, msg: Message) -> list | None:
         """React to one message from the server; returns the reply's frames, if any."""
@@ -113,7 +114,7 @@ class Worker:
             nodes = parse_nodes(msg["nodes"], self.config.shards)
         except ValueError as e:
             raise ProtocolError(str(e)) from None
-        start = time.perf_counter()
+        started, start = time.monotonic(), time.perf_counter()
         for p, a in zip(self.params, msg.arrays):
             p.data = a  # read-only view of the received frame; forward only reads weights
         config, train = self.config, self.data.train
@@ -150,6 +151,7 @@ class Worker:
             loss=loss_sum,
             correct=correct,
             compute_s=time.perf_counter() - start,
+            started=started,
         )
 
 

@@ -48,7 +48,7 @@ def intruder(endpoint: str, curve: keys.Keys | None) -> bool:
         sock.curve_serverkey = curve.peer_public
     try:
         sock.connect(endpoint)
-        sock.send_multipart(protocol.encode(protocol.HELLO, rank=0, pid=1))
+        sock.send_multipart(protocol.encode(protocol.HELLO, rank=0, pid=1, boot=""))
         return bool(sock.poll(1000))
     finally:
         sock.close(linger=0)
@@ -152,7 +152,7 @@ def test_local_workers_reach_the_server_over_a_private_unix_socket(job_keys, tmp
     sock.setsockopt(zmq.LINGER, 0)
     try:
         sock.connect(transport.local_endpoint)
-        sock.send_multipart(protocol.encode(protocol.HELLO, rank=0, pid=1))
+        sock.send_multipart(protocol.encode(protocol.HELLO, rank=0, pid=1, boot=""))
         peer, frames = transport.recv(5.0)
         assert protocol.decode(frames).type == protocol.HELLO
         transport.send(peer, protocol.encode(protocol.STOP, reason="test"))

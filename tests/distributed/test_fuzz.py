@@ -39,6 +39,7 @@ def malformed(rng: np.random.Generator, params: list[np.ndarray], step: int) -> 
         "loss": 1.0,
         "correct": 1,
         "compute_s": 0.001,
+        "started": 1.0,
     }
     if kind == 0:  # random bytes, 1 to 4 frames
         return [rng.bytes(int(rng.integers(0, 200))) for _ in range(rng.integers(1, 5))]
@@ -69,7 +70,7 @@ def malformed(rng: np.random.Generator, params: list[np.ndarray], step: int) -> 
         frames = protocol.encode(protocol.GRADS, grads, **fields)
         return frames[:-3] if rng.integers(2) else [*frames, b"extra"]
     if kind == 11:  # registration attempts: a live rank, an unknown rank
-        return protocol.encode(protocol.HELLO, rank=int(rng.choice([0, 1, 7, -1])), pid=1)
+        return protocol.encode(protocol.HELLO, rank=int(rng.choice([0, 1, 7, -1])), pid=1, boot="x")
     if kind == 12:  # messages only the server may send
         return protocol.encode(protocol.STOP, reason="fuzz")
     if kind == 13:  # speaking for a live worker: its heartbeat, its READY, its gradient, duplicated

@@ -12,7 +12,7 @@ from numpy_cnn.shards import tree_sum
 def grads(nodes, counts, arrays, rank=0):
     frames = protocol.encode(
         protocol.GRADS, arrays, step=0, version=0, rank=rank, nodes=[list(n) for n in nodes],
-        counts=counts, loss=0.0, correct=0, compute_s=0.0,
+        counts=counts, loss=0.0, correct=0, compute_s=0.0, started=0.0,
     )  # fmt: skip
     return protocol.decode(frames)
 

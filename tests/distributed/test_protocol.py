@@ -36,7 +36,7 @@ def test_round_trip_without_copies():
 
 def test_every_message_type_round_trips():
     samples = {
-        protocol.HELLO: {"rank": 0, "pid": 1},
+        protocol.HELLO: {"rank": 0, "pid": 1, "boot": "b"},
         protocol.WELCOME: {"rank": 1, "config": {"model": "fc-net"}, "expect": {"protocol": "3"}},
         protocol.REFUSE: {"rank": 1, "reason": "model differs"},
         protocol.READY: {"rank": 1},
@@ -50,6 +50,7 @@ def test_every_message_type_round_trips():
             "loss": 1.5,
             "correct": 3,
             "compute_s": 0.01,
+            "started": 12.5,
         },
         protocol.HEARTBEAT: {"rank": 2, "answered": 5},
         protocol.STOP: {"reason": "done"},
@@ -105,6 +106,7 @@ def test_non_finite_statistics_are_rejected():
         **fields,
         "loss": float("nan"),
         "compute_s": 0.0,
+        "started": 0.0,
         "arrays": [],
     }
     with pytest.raises(ProtocolError, match="loss is nan"):

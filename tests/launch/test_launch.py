@@ -184,6 +184,8 @@ def test_any_worker_count_and_single_process_give_the_same_bits(mnist_dir, tmp_p
     assert record["step"] == steps and 0 < record["test_acc"] <= 1
     for key in ("loss", "train_acc", "seconds", "samples_per_s", "compute_ms", "comm_ms", "update_ms"):
         assert record[key] > 0, key
+    # local workers share the server's clock: the part of a step no worker computes is known
+    assert 0 < record["exposed_comm_ms"] < record["step_ms"]
     # each of 2 workers gets the weights and sends one gradient: 4 copies, plus small headers
     arrays = sum(a.nbytes for a in weights["workers-1"].values())
     assert 4 * arrays < record["bytes_per_step"] < 4 * arrays + 2000
