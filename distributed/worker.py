@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from numpy_cnn.data import MNIST, global_batch, load
+from numpy_cnn.data import MNIST, global_batch, load, steps_per_epoch
 from numpy_cnn.loss import CrossEntropyLoss
 from numpy_cnn.models import build, input_shape
 from numpy_cnn.shards import leaves_of, shard_bounds, shard_gradient, tree_sum
@@ -49,6 +49,8 @@ class Worker:
         self.stopped = False
         self.stop_reason = ""
         self.progress = 0  # micro-shards computed so far
+        self.last: tuple[int, int, list[int]] | None = None  # (epoch, index, leaves) just computed
+        self.prepared: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}  # next step's
 
     def hello(self) -> list:
         return protocol.encode(protocol.HELLO, rank=self.rank, pid=os.getpid(), boot=boot_id())
@@ -103,6 +105,25 @@ class Worker:
             os.getpid(),
         )
 
+    def prepare_next(self) -> None:
+        """While the gradients travel and the server runs Adam, make the samples of the next
+        batch's micro-shards this worker will most likely own (the same ones), so that only the
+        forward pass waits for the parameters. The same function makes them: the same bits."""
+        if self.last is None:
+            return
+        (epoch, index, leaves), self.last = self.last, None
+        train, config = self.data.train, self.config
+        if index + 1 < steps_per_epoch(len(train), config.batch_size):
+            epoch, index = epoch, index + 1
+        else:
+            epoch, index = epoch + 1, 0
+        batch = global_batch(len(train), config.batch_size, config.seed, epoch, index, config.max_shift)
+        bounds = shard_bounds(len(batch), config.shards)
+        self.prepared = {
+            (epoch, index, k): batch.samples(train.images, train.labels, self.shape, *bounds[k])
+            for k in leaves
+        }
+
     def _step(self, msg: Message) -> list:
         if self.config is None:
             raise ProtocolError("parameters before the job's config")
@@ -132,11 +153,14 @@ class Worker:
                 grads = self.leaf_grads[(k, k + 1)] = [np.zeros_like(p.data) for p in self.params]
             for p, g in zip(self.params, grads):
                 p.grad = g  # backward writes straight into this shard's buffers
-            x, y = batch.samples(train.images, train.labels, self.shape, lo, hi)
+            x, y = self.prepared.pop((msg["epoch"], msg["index"], k), None) or batch.samples(
+                train.images, train.labels, self.shape, lo, hi
+            )
             loss, right = shard_gradient(self.net, self.loss, x, y, len(batch))
             loss_sum += loss
             correct += right
             self.progress += 1  # heartbeats go out only while this number moves (see serve)
+        self.last = (msg["epoch"], msg["index"], leaves_of(nodes))
         arrays = []
         for node in nodes:
             arrays.extend(tree_sum(node, self.leaf_grads, self.scratch))
@@ -202,6 +226,11 @@ class ComputeThread:
             except BaseException as e:  # handed to the talking thread, which raises it
                 self.result = (None, e)
             os.write(self.wake_w, b".")
+            if self.jobs.empty():
+                try:  # idle until the next parameters arrive: get their batch ready
+                    self.worker.prepare_next()
+                except Exception as e:  # only a head start: the step makes its samples itself
+                    log.warning("worker %d: could not prepare the next batch: %s", self.worker.rank, e)
 
 
 def serve(worker: Worker, endpoint: str, keys: Keys, join_timeout: float) -> None:

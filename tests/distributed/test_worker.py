@@ -3,6 +3,7 @@ gradients bit for bit, and it refuses what it cannot compute."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
@@ -95,3 +96,27 @@ def test_a_worker_that_differs_from_the_server_refuses_naming_the_difference(dat
         )
         with pytest.raises(agreement.Disagreement, match=words):
             Worker(0, data).handle(protocol.decode(welcome))
+
+
+def test_the_next_batch_is_made_while_the_gradients_travel(data):
+    config = JobConfig("conv-net", workers=2, shards=4, seed=2)
+    worker = Worker(1, data)
+    welcome(worker, config)
+    net = build("conv-net", seed=7)
+    last = len(data.train) // 64  # 60000 = 937 * 64 + 32: batch 937 is the epoch's short last one
+    for epoch, index, following in [(1, 5, (1, 6)), (1, last, (2, 0))]:
+        with threadpool_limits(1):
+            worker.handle(params(net, [(2, 4)], epoch=epoch, index=index))
+        worker.prepare_next()
+        batch = global_batch(len(data.train), 64, 2, *following, config.max_shift)
+        bounds = shard_bounds(len(batch), 4)
+        assert sorted(worker.prepared) == [(*following, 2), (*following, 3)]
+        for k in (2, 3):
+            x, y = worker.prepared[(*following, k)]
+            want_x, want_y = batch.samples(
+                data.train.images, data.train.labels, input_shape("conv-net"), *bounds[k]
+            )
+            assert x.tobytes() == want_x.tobytes() and np.array_equal(y, want_y)
+    with threadpool_limits(1):
+        worker.handle(params(net, [(2, 4)], epoch=2, index=0))
+    assert worker.prepared == {}  # used, not kept
