@@ -60,6 +60,18 @@ class Net:
             x = layer.forward(x)
         return x
 
+    def predict(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+        """Class scores (N, K) for inputs x, `batch_size` samples at a time, in evaluation mode
+        (no Dropout); the mode the net was in is restored after."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        was_training = self.training
+        self.eval()
+        try:
+            return np.concatenate([self.forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        finally:
+            self.train(was_training)
+
     def backward(self, grad: np.ndarray, input_grad: bool = False) -> np.ndarray | None:
         """Fill every parameter's .grad; the gradient wrt the net's input is only made on request."""
         for i in reversed(range(len(self.layers))):
