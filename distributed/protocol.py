@@ -26,6 +26,7 @@ PARAMS = "params"  # server -> worker: step, batch, the shard-tree nodes to comp
 GRADS = "grads"  # worker -> server: the sums of the gradient over those nodes, and batch statistics
 HEARTBEAT = "heartbeat"  # both ways while nothing else is said: rank; the sender is alive
 STOP = "stop"  # server -> worker: reason
+FINISHED = "training finished"  # the STOP reason of a job that ended well; any other is a failure
 
 # each message type's fields and their types; every field is required, no other is allowed
 SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {

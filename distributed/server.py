@@ -358,7 +358,7 @@ class ParameterServer:
         self.step = self.version = book.step
         self.register()
         last_event = 0.0
-        reason = "training finished"
+        reason = protocol.FINISHED
         try:
             for epoch, indices in book.epochs():
                 stats = EpochStats()

@@ -50,7 +50,7 @@ def read_token(env: Mapping[str, str], token_file: str | os.PathLike | None = No
         return check(_read_private(os.fspath(token_file)), f"token file {os.fspath(token_file)}")
     if ENV in env:
         return check(env[ENV], ENV)
-    raise TokenError(f"no job token: set {ENV} or pass --token-file (make one with new_token())")
+    raise TokenError(f"no job token: set {ENV} or pass --token-file (make one with `launch token`)")
 
 
 def check(token: str, where: str = "") -> str:

@@ -85,9 +85,11 @@ class ZmqServerTransport:
             tcp.curve_server = True
             self.endpoint = self._bind(tcp, bind)
             if ipc_dir is not None:
-                mode = os.stat(ipc_dir).st_mode
-                if mode & 0o077 or not stat.S_ISDIR(mode):
-                    raise OSError(f"{ipc_dir} must be a folder that only its owner can open (mode 0700)")
+                info = os.lstat(ipc_dir)
+                if info.st_mode & 0o077 or not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+                    raise OSError(
+                        f"{ipc_dir} must be a folder of this user's that only it can open (mode 0700)"
+                    )
                 self.local_endpoint = self._bind(self._router(max_message_bytes), f"ipc://{ipc_dir}/server")
         except (zmq.ZMQError, OSError):
             self.close()

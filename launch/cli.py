@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return roles.worker_main(argv[1:]) if argv[0] == "worker" else roles.server_main(argv[1:])
     parser = build_parser()
-    config, args = parse_config(parser, argv, JobConfig)
+    config, args = parse_config(parser, argv, JobConfig, outputs=False)
     if args.local_workers is not None and args.local_workers > config.workers:
         parser.error(f"--local-workers {args.local_workers} is more than --workers {config.workers}")
     local = config.workers if args.local_workers is None else args.local_workers
@@ -162,16 +162,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     except token.TokenError as e:
         parser.error(
-            f"{e}. A job across machines never runs without authentication: make a token with "
-            "`launch token`, give every node the same one in NUMPY_CNN_TOKEN or --token-file FILE, "
-            "or use --keys DIR"
+            f"{e}. This is node {node.node_rank} of {node.nnodes} (from {node.source}), and a job across "
+            "machines never runs without authentication: make a token with `launch token`, give every "
+            "node the same one in NUMPY_CNN_TOKEN or --token-file FILE, or use --keys DIR (or --nnodes 1 "
+            "to run on this machine alone)"
         )
+    if node.node_rank == 0:  # only the server's node writes --save, --metrics and checkpoints
+        try:
+            config.check_paths()
+        except ValueError as e:
+            parser.error(str(e))
     if node.nnodes > 1 and (args.single_process or args.local_workers is not None):
         parser.error("--single-process and --local-workers are for one machine: leave them out with --nnodes")
-    if args.keys is not None:
+    if args.keys is not None:  # each side reads only its own files (a worker's machine has no server secret)
         try:
-            keys.read(args.keys, keys.SERVER)
-            if local:  # the workers started here need their side's files too
+            if node.node_rank == 0:
+                keys.read(args.keys, keys.SERVER)
+            if len(ranks):
                 keys.read(args.keys, keys.WORKER)
         except ValueError as e:
             parser.error(f"--keys: {e}")
@@ -196,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if node.node_rank == 0:  # every interface, at the agreed port, unless --bind says otherwise
         bind = args.bind if args.bind != DEFAULT_BIND else f"tcp://*:{node.master_port}"
+        if not bind.endswith(f":{node.master_port}"):
+            parser.error(
+                f"--bind {bind} is not at the master port {node.master_port} the other nodes connect to"
+            )
         job = Job(config, bind=bind, keys_dir=args.keys, ranks=ranks, ipc=ipc, token=job_token)
     else:
         connect = f"tcp://{address}:{node.master_port}"

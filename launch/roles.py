@@ -156,7 +156,12 @@ def worker_main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    if worker.stop_reason.startswith("dropped"):
-        print(f"worker {args.rank}: error: the server {worker.stop_reason}", file=sys.stderr, flush=True)
+    if worker.stop_reason != protocol.FINISHED:  # dropped, or the job failed: this node must say so
+        said = (
+            worker.stop_reason
+            if worker.stop_reason.startswith("dropped")
+            else f"stopped: {worker.stop_reason}"
+        )
+        print(f"worker {args.rank}: error: the server {said}", file=sys.stderr, flush=True)
         return 1
     return 0

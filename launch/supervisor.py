@@ -291,15 +291,28 @@ class Job:
         self.endpoint = self.connect
         for rank in self.ranks:
             self._start_worker(rank)
+        ended: float | None = None  # when the first worker here was told the job finished
         while True:
             time.sleep(0.1)
             finished = True
             for rank, child in list(self.workers.items()):
                 rc = child.process.poll()
                 if rc == 0:
+                    ended = ended or time.monotonic()
                     continue
                 finished = False
                 if rc is None:
+                    if ended is not None and time.monotonic() - ended > FINISH_GRACE_S:
+                        # never registered (restarted late) or frozen: the job is over without it
+                        self.say(
+                            f"{child.name} (pid {child.pid}) still runs after the job ended; stopping it"
+                        )
+                        _signal_group(child, signal.SIGKILL)
+                        child.process.wait(timeout=STOP_GRACE_S)
+                        del self.workers[rank]
+                    continue
+                if ended is not None:  # the job is over: nothing to restart for
+                    del self.workers[rank]
                     continue
                 if rc == EXIT_SERVER_SILENT:
                     return self._fail(child, f"(the server at {self.connect} went silent)")
@@ -313,7 +326,7 @@ class Job:
 
     def _fail(self, child: Child, more: str = "") -> int:
         what = f"{child.name} {child.describe_exit()}" + (f" {more}" if more else "")
-        if child is not self.children[0] and self.config.on_worker_failure == "abort":
+        if child.name != "server" and self.config.on_worker_failure == "abort":
             what += " (--on-worker-failure abort)"
         if child.process.poll() is not None:
             child.reader.join(timeout=2.0)  # its last lines, which may say why it exited

@@ -107,7 +107,8 @@ def add_arguments(parser: argparse.ArgumentParser, metrics_keys: str = "", shard
         "--metrics",
         metavar="PATH.jsonl",
         default=None,
-        help="write one JSON line per epoch: epoch, step, loss, train_acc, test_acc, seconds, samples_per_s"
+        help='write JSON lines: first the run\'s settings ({"type": "config", ...}), then one per epoch '
+        '({"type": "epoch", ...}): epoch, step, loss, train_acc, test_acc, seconds, samples_per_s'
         + metrics_keys,
     )
     parser.add_argument(
@@ -156,14 +157,20 @@ def add_arguments(parser: argparse.ArgumentParser, metrics_keys: str = "", shard
 
 
 def parse_config(
-    parser: argparse.ArgumentParser, argv: list[str] | None = None, config_type: type[Config] = Config
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None = None,
+    config_type: type[Config] = Config,
+    outputs: bool = True,
 ) -> tuple[Config, argparse.Namespace]:
-    """Parse the flags into a checked `config_type` (Config, or a subclass with more fields)."""
+    """Parse the flags into a checked `config_type` (Config, or a subclass with more fields);
+    `outputs`: also check the paths this process writes (--save, --metrics, checkpoints)."""
     args = parser.parse_args(argv)
     fields = config_type.__dataclass_fields__
     config = config_type(**{k: v for k, v in vars(args).items() if k in fields})
     try:
-        config.check_paths()
+        config.check_data()
+        if outputs:
+            config.check_paths()
         config.check()
     except ValueError as e:
         parser.error(str(e))
@@ -222,6 +229,8 @@ def resume_hint(config: Config) -> str:
     """What to do to continue a run that stopped before its end."""
     if config.checkpoint_dir and checkpoint.has_checkpoints(config.checkpoint_dir):
         return f"to continue, run the same command with --resume {config.checkpoint_dir}"
+    if config.resume:  # nothing newer than what it resumed from: the same command resumes again
+        return f"to continue, run the same command again (it resumes from {config.resume})"
     if config.checkpoint_dir:
         return f"no checkpoint was written to {config.checkpoint_dir} yet: the run has to start again"
     return "this run wrote no checkpoints; with --checkpoint-dir DIR a stopped run can be resumed"

@@ -92,6 +92,16 @@ class Config:
             raise ValueError("--checkpoint-every needs --checkpoint-dir")
         return self
 
+    def check_data(self) -> None:
+        """Raise ValueError if --data-dir or NUMPY_CNN_DATA names a folder without the data: it is
+        the only place looked at, so a wrong one ends the run before it starts."""
+        given = given_dir(self.data_dir)
+        if given is not None:
+            try:
+                given.check(self.dataset, FILES)
+            except DataNotFound as e:
+                raise ValueError(str(e)) from None
+
     def check_paths(self) -> None:
         """Raise ValueError naming the first output path that cannot be written, or a bad --resume.
 
@@ -99,12 +109,6 @@ class Config:
         """
         for flag, path in (("--save", self.save), ("--metrics", self.metrics)):
             check_writable(path, flag)
-        given = given_dir(self.data_dir)
-        if given is not None:  # the only place looked at: a wrong one ends the run before it starts
-            try:
-                given.check(self.dataset, FILES)
-            except DataNotFound as e:
-                raise ValueError(str(e)) from None
         if self.checkpoint_dir:
             folder = os.path.abspath(self.checkpoint_dir)
             while not os.path.exists(folder):

@@ -19,13 +19,23 @@ def evaluate(
     between: Callable[[], None] | None = None,
 ) -> float:
     """Fraction of `split` that `net` classifies correctly; calls `between()` after each chunk."""
+    was_training = net.training
+    net.eval()  # no Dropout while measuring
+    try:
+        correct = _count_correct(net, split, shape, chunk, between)
+    finally:
+        net.train(was_training)
+    return correct / len(split)
+
+
+def _count_correct(net: Net, split: Split, shape: tuple[int, ...], chunk: int, between) -> int:
     correct = 0
     for i in range(0, len(split), chunk):
         preds = net.forward(to_float(split.images[i : i + chunk], shape))
         correct += int(np.sum(preds.argmax(axis=1) == split.labels[i : i + chunk]))
         if between is not None:
             between()  # e.g. the parameter server keeping its heartbeats going
-    return correct / len(split)
+    return correct
 
 
 def epoch_record(

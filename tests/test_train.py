@@ -229,3 +229,15 @@ def test_thread_count_does_not_change_the_bits(mnist_dir, tmp_path):
         with np.load(path) as f:
             weights.append({k: f[k].tobytes() for k in f.files})
     assert weights[0] == weights[1] == weights[2]
+
+
+def test_the_resume_hint_fits_the_run(tmp_path):
+    from numpy_cnn.cli import resume_hint
+
+    assert "with --checkpoint-dir DIR" in resume_hint(Config("fc-net"))
+    assert "has to start again" in resume_hint(Config("fc-net", checkpoint_dir=str(tmp_path)))
+    resumed = Config("fc-net", resume=str(tmp_path / "old"), checkpoint_dir=str(tmp_path))
+    assert (
+        resume_hint(resumed)
+        == f"to continue, run the same command again (it resumes from {tmp_path / 'old'})"
+    )

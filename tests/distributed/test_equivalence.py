@@ -11,6 +11,7 @@ import pytest
 from conftest import assert_close
 
 from numpy_cnn.data import batches, load, steps_per_epoch
+from numpy_cnn.distributed import protocol
 from numpy_cnn.distributed.config import JobConfig
 from numpy_cnn.distributed.inprocess import in_process_server
 from numpy_cnn.distributed.server import ParameterServer
@@ -52,7 +53,7 @@ def combined_gradient(server: ParameterServer, epoch: int, index: int) -> list[n
     server.register()
     server.train_step(epoch, index, EpochStats())
     gradient = [p.grad.copy() for p in server.params]
-    server.stop_workers("test over")
+    server.stop_workers(protocol.FINISHED)
     return gradient
 
 

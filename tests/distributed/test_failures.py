@@ -163,7 +163,7 @@ def test_local_workers_reach_the_server_over_a_private_unix_socket(job_keys, tmp
     shared = tmp_path / "shared"
     shared.mkdir(mode=0o755)
     shared.chmod(0o755)
-    with pytest.raises(OSError, match="only its owner can open"):
+    with pytest.raises(OSError, match="that only it can open"):
         server_transport(ipc_dir=str(shared))
 
 

@@ -321,3 +321,36 @@ def test_mpirun_starts_one_launch_per_node(hosts, reference, mnist_dir, tmp_path
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "OMPI_COMM_WORLD_SIZE" in result.stdout
     assert same_bits(load_npz(save), reference)
+
+
+def test_a_worker_node_needs_only_the_workers_key_files_and_none_of_the_servers_paths(mnist_dir, tmp_path):
+    full = tmp_path / "keys"
+    subprocess.run([*LAUNCH, "keygen", str(full)], check=True, capture_output=True, timeout=60)
+    workers_side = tmp_path / "worker-keys"  # what a worker's machine is given: no server secret
+    workers_side.mkdir(mode=0o700)
+    for name in ("worker.key_secret", "server.key"):
+        shutil.copy(full / name, workers_side / name)
+    args = ["--nnodes", "2", "--node-rank", "1", "--master-addr", "127.0.0.1", "--master-port", "29625"]
+    args += ["--keys", str(workers_side), "--timeout", "1", "--join-timeout", "2", "--max-restarts", "0"]
+    # the server's outputs live on node 0: node 1 does not check them
+    args += [
+        "--workers",
+        "2",
+        "fc-net",
+        "--data-dir",
+        str(mnist_dir),
+        "--resume",
+        str(tmp_path / "node0-only"),
+    ]
+    result = subprocess.run([*LAUNCH, *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr  # no server came: not a flag error
+    assert "did not welcome this worker in 2 s" in result.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder to another user needs root")
+def test_the_ipc_folder_must_be_this_users(tmp_path, server_transport):
+    folder = tmp_path / "ipc"
+    folder.mkdir(mode=0o700)
+    os.chown(folder, 4242, 4242)  # a folder of somebody else's, mode 0700 or not
+    with pytest.raises(OSError, match="of this user's"):
+        server_transport(ipc_dir=str(folder))
