@@ -23,51 +23,11 @@ from numpy_cnn.distributed.config import JobConfig
 from numpy_cnn.distributed.keys import TemporaryKeys
 from numpy_cnn.distributed.worker import EXIT_SERVER_SILENT
 
+from .children import Child, signal_group
 from .progress import Progress
 
 STOP_GRACE_S = 3.0  # SIGTERM, then SIGKILL after this long
 FINISH_GRACE_S = 10.0  # after the server is done, the workers have this long to exit
-
-
-class Child:
-    """One child process, its role name ("server", "worker 2") and the thread reading its log."""
-
-    def __init__(self, name: str, argv: list[str], progress: Progress, env: dict, pass_fds=()) -> None:
-        self.name = name
-        self.error = ""  # the child's own "NAME: error: ..." line, if it printed one
-        self.process = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            pass_fds=pass_fds,
-            env=env,
-        )
-        self.reader = threading.Thread(target=self._stream, args=(progress,), daemon=True)
-        self.reader.start()
-
-    def _stream(self, progress: Progress) -> None:
-        for raw in self.process.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            if line.startswith(f"{self.name}: error: "):  # said again in the launcher's own error
-                self.error = line.removeprefix(f"{self.name}: error: ")
-            progress.write(f"[{self.name}] {line}")
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def describe_exit(self) -> str:
-        rc = self.process.returncode
-        if rc is None:
-            return "stopped responding"
-        if rc < 0:
-            try:
-                return f"was killed by {signal.Signals(-rc).name}"
-            except ValueError:
-                return f"was killed by signal {-rc}"
-        return f"exited with code {rc}"
 
 
 class Terminated(Exception):
@@ -249,7 +209,7 @@ class Job:
         # the pid tells a stuck process from the restarted one that already replaced a dead one
         if child is not None and child.pid == pid and child.process.poll() is None:
             self.say(f"{child.name} (pid {child.pid}) stopped responding; killing it")
-            _signal_group(child, signal.SIGKILL)
+            signal_group(child, signal.SIGKILL)
 
     def _restart(self, rank: int, child: Child) -> bool:
         """Start `rank` again if restarts are left; False if no worker is left at all."""
@@ -334,7 +294,7 @@ class Job:
         told = set(done.get("workers", []))
         for rank, child in self.workers.items():
             if rank not in told:
-                _signal_group(child, signal.SIGTERM)
+                signal_group(child, signal.SIGTERM)
         deadline = time.monotonic() + FINISH_GRACE_S
         for rank, child in self.workers.items():
             try:
@@ -353,22 +313,15 @@ class Job:
         """SIGTERM every live child, SIGKILL what is left after a grace period, and reap them all."""
         alive = [c for c in self.children if c.process.poll() is None]
         for child in alive:
-            _signal_group(child, signal.SIGTERM)
+            signal_group(child, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
         for child in alive:
             try:
                 child.process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                _signal_group(child, signal.SIGKILL)
+                signal_group(child, signal.SIGKILL)
                 child.process.wait()
         for child in self.children:
             if child.process.stdin and not child.process.stdin.closed:
                 child.process.stdin.close()
             child.reader.join(timeout=2.0)
-
-
-def _signal_group(child: Child, sig: int) -> None:
-    try:
-        os.killpg(child.pid, sig)  # the child leads its own session: this reaches anything it started
-    except ProcessLookupError:
-        pass
