@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 
 from .progress import Progress
 
@@ -16,6 +17,9 @@ class Child:
     def __init__(self, name: str, argv: list[str], progress: Progress, env: dict, pass_fds=()) -> None:
         self.name = name
         self.error = ""  # the child's own "NAME: error: ..." line, if it printed one
+        self.heard = time.monotonic()  # a server: when its last event came
+        self.listening = False  # a server: whether it has said where it listens
+        self.events: threading.Thread | None = None  # a server: the thread reading its events
         self.process = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
