@@ -150,12 +150,13 @@ class Job:
                 self._on_event(self.events.get(timeout=0.1))
             except queue.Empty:
                 pass
-            if self._stuck(server):
+            if self.server_returns and self._stuck(server):  # else its workers notice, as below
+                silent = f"(no word from it for --timeout {self.config.timeout:g} s)"
                 found = self._checkpoint_to_resume()
-                if found is not None:  # else its workers notice, and the job stops (below)
-                    why = f"stopped responding (no word from it for --timeout {self.config.timeout:g} s)"
-                    server = self._resume_server(server, found, f"{why}; killing it and")
-                    continue
+                if found is None:
+                    return self._fail(server, f"{silent}{self._spent()}")
+                server = self._resume_server(server, found, f"stopped responding {silent}; killing it and")
+                continue
             if server.process.poll() is not None:
                 self._drain(server)
                 if server.process.returncode == 0:
@@ -163,9 +164,7 @@ class Job:
                 # killed by a signal: it could not tell its workers anything, and they wait for it
                 found = self._checkpoint_to_resume() if server.process.returncode < 0 else None
                 if found is None:
-                    spent = self.server_returns and self.restarts >= self.config.max_restarts
-                    more = f"(no restarts left: --max-restarts {self.config.max_restarts})" if spent else ""
-                    return self._fail(server, more)
+                    return self._fail(server, self._spent().lstrip())
                 server = self._resume_server(server, found, f"{server.describe_exit()};")
                 continue
             for rank, child in list(self.workers.items()):
@@ -179,6 +178,12 @@ class Job:
                     return self._fail(child)
                 if not self._restart(rank, child):
                     return self._fail(child, "and every other worker is gone too")
+
+    def _spent(self) -> str:
+        """Why a server that could come back does not, if that is the restart budget."""
+        if self.server_returns and self.restarts >= self.config.max_restarts:
+            return f" (no restarts left: --max-restarts {self.config.max_restarts})"
+        return ""
 
     @property
     def server_returns(self) -> bool:
