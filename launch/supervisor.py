@@ -42,6 +42,8 @@ class Job:
     A worker that dies (or that the server drops as silent, which the launcher then kills) is
     started again with the same rank, up to --max-restarts times in all; the server meanwhile
     gives its micro-shards to the others. With --on-worker-failure abort, any death ends the job.
+    With --checkpoint-dir, a server killed by a signal or stuck is started again from the newest
+    checkpoint, at the same address, and its workers rejoin it; it counts in the same budget.
     """
 
     def __init__(
