@@ -172,6 +172,7 @@ class ParameterServer:
         for rank in list(self.members):
             if rank in self.members:
                 self._send(rank, protocol.encode(protocol.HEARTBEAT, rank=rank, answered=0))
+        self.events({"event": "alive"})  # the launcher's heartbeat: a server that stops sending is stuck
         if self.stalled_since is not None and now - self.stalled_since > self.config.join_timeout:
             raise TimeoutError(
                 f"step {self.step}: no worker has been ready to compute it for {self.config.join_timeout:g} s"
@@ -356,6 +357,8 @@ class ParameterServer:
         config = self.config
         book = RunBook(config, self.net, self.optimizer, self.per_epoch, self.log)
         self.step = self.version = book.step
+        if book.resumed_from is not None:
+            self.events({"event": "resumed", "step": book.step, "checkpoint": str(book.resumed_from)})
         self.register()
         last_event = 0.0
         reason = protocol.FINISHED

@@ -88,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         type=non_negative_int,
         default=3,
-        help="dead workers restarted in all; after that the others carry on (default: %(default)s)",
+        help="dead workers, and with --checkpoint-dir a dead or stuck server (from its newest "
+        "checkpoint), restarted in all; after that the other workers carry on, and a server's "
+        "failure stops the job (default: %(default)s)",
     )
     group = parser.add_argument_group("network")
     group.add_argument(

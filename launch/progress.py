@@ -16,8 +16,20 @@ class Progress:
         self.bar: tqdm | None = None
         self.lock = threading.Lock()
 
-    def start(self, total: int) -> None:
-        self.bar = tqdm(total=total, unit="step", disable=not self.enabled, file=sys.stderr, leave=False)
+    def start(self, total: int, initial: int = 0) -> None:
+        self.bar = tqdm(
+            total=total, initial=initial, unit="step", disable=not self.enabled, file=sys.stderr, leave=False
+        )
+
+    def restart(self, step: int) -> None:
+        """A server resumed from a checkpoint: the bar goes back to its step, once, and its rate
+        counts from there (not a step event's small backward jump, which would skew the rate)."""
+        if self.bar is None:
+            return
+        with self.lock:
+            total = self.bar.total
+            self.bar.close()
+            self.start(total, step)
 
     def event(self, event: dict) -> None:
         """React to one server event: `step` moves the bar, `epoch` shows the test accuracy."""

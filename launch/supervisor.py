@@ -8,6 +8,7 @@ child is this command again: `launch server` or `launch worker` (launch/roles.py
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import queue
@@ -18,56 +19,17 @@ import tempfile
 import threading
 import time
 
+from numpy_cnn import checkpoint
 from numpy_cnn.cli import resume_hint, summary
 from numpy_cnn.distributed.config import JobConfig
 from numpy_cnn.distributed.keys import TemporaryKeys
 from numpy_cnn.distributed.worker import EXIT_SERVER_SILENT
 
+from .children import Child, signal_group
 from .progress import Progress
 
 STOP_GRACE_S = 3.0  # SIGTERM, then SIGKILL after this long
 FINISH_GRACE_S = 10.0  # after the server is done, the workers have this long to exit
-
-
-class Child:
-    """One child process, its role name ("server", "worker 2") and the thread reading its log."""
-
-    def __init__(self, name: str, argv: list[str], progress: Progress, env: dict, pass_fds=()) -> None:
-        self.name = name
-        self.error = ""  # the child's own "NAME: error: ..." line, if it printed one
-        self.process = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            pass_fds=pass_fds,
-            env=env,
-        )
-        self.reader = threading.Thread(target=self._stream, args=(progress,), daemon=True)
-        self.reader.start()
-
-    def _stream(self, progress: Progress) -> None:
-        for raw in self.process.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            if line.startswith(f"{self.name}: error: "):  # said again in the launcher's own error
-                self.error = line.removeprefix(f"{self.name}: error: ")
-            progress.write(f"[{self.name}] {line}")
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def describe_exit(self) -> str:
-        rc = self.process.returncode
-        if rc is None:
-            return "stopped responding"
-        if rc < 0:
-            try:
-                return f"was killed by {signal.Signals(-rc).name}"
-            except ValueError:
-                return f"was killed by signal {-rc}"
-        return f"exited with code {rc}"
 
 
 class Terminated(Exception):
@@ -80,6 +42,8 @@ class Job:
     A worker that dies (or that the server drops as silent, which the launcher then kills) is
     started again with the same rank, up to --max-restarts times in all; the server meanwhile
     gives its micro-shards to the others. With --on-worker-failure abort, any death ends the job.
+    With --checkpoint-dir, a server killed by a signal or stuck is started again from the newest
+    checkpoint, at the same address, and its workers rejoin it; it counts in the same budget.
     """
 
     def __init__(
@@ -111,7 +75,10 @@ class Job:
         self.workers: dict[int, Child] = {}  # rank -> its newest process
         self.endpoint = ""  # where workers connect: the private Unix socket, or the CURVE TCP port
         self.ipc = ipc
-        self.restarts = 0
+        self.restarts = 0  # of workers and of the server, in all
+        self.server: Child | None = None  # the newest server process
+        self.server_args: list[str] = []
+        self.listens_at = ""  # the endpoint the first server bound; a restarted one binds it again
         self.history: list[dict] = []  # the server's epoch records, as its events bring them
         self.done: dict | None = None  # the server's "done" event
         self.phase = "starting"  # then "training" (from the first step on), then "trained"
@@ -158,9 +125,10 @@ class Job:
         self.say(f"started {name} (pid {child.pid})")
         return child
 
-    def _read_events(self, fd: int) -> None:
+    def _read_events(self, fd: int, server: Child) -> None:
         with os.fdopen(fd, "r", encoding="utf-8", errors="replace") as f:
             for line in f:
+                server.heard = time.monotonic()
                 try:
                     event = json.loads(line)
                 except json.JSONDecodeError:
@@ -177,6 +145,54 @@ class Job:
             return self._run_with(["--ipc-dir", folder])
 
     def _run_with(self, server_args: list[str]) -> int:
+        self.server_args = server_args  # the same for every server this job starts
+        server = self._start_server(self.config, self.bind)
+        while True:
+            try:
+                self._on_event(self.events.get(timeout=0.1))
+            except queue.Empty:
+                pass
+            if self.server_returns and self._stuck(server):  # else its workers notice, as below
+                silent = f"(no word from it for --timeout {self.config.timeout:g} s)"
+                found = self._checkpoint_to_resume()
+                if found is None:
+                    return self._fail(server, f"{silent}{self._spent()}")
+                server = self._resume_server(server, found, f"stopped responding {silent}; killing it and")
+                continue
+            if server.process.poll() is not None:
+                self._drain(server)
+                if server.process.returncode == 0:
+                    return self._finish(self.done)
+                # killed by a signal: it could not tell its workers anything, and they wait for it
+                found = self._checkpoint_to_resume() if server.process.returncode < 0 else None
+                if found is None:
+                    return self._fail(server, self._spent().lstrip())
+                server = self._resume_server(server, found, f"{server.describe_exit()};")
+                continue
+            for rank, child in list(self.workers.items()):
+                rc = child.process.poll()
+                if rc is None or rc == 0:  # 0: told to stop by the server
+                    continue
+                if rc == EXIT_SERVER_SILENT and server.process.poll() is None and not self.server_returns:
+                    # the worker is fine; the server is alive but stuck, and nothing can bring it back
+                    return self._fail(server, f"(worker {rank} heard nothing from it for --timeout)")
+                if self.config.on_worker_failure == "abort":
+                    return self._fail(child)
+                if not self._restart(rank, child):
+                    return self._fail(child, "and every other worker is gone too")
+
+    def _spent(self) -> str:
+        """Why a server that could come back does not, if that is the restart budget."""
+        if self.server_returns and self.restarts >= self.config.max_restarts:
+            return f" (no restarts left: --max-restarts {self.config.max_restarts})"
+        return ""
+
+    @property
+    def server_returns(self) -> bool:
+        """Whether a dead server may be restarted; its workers then wait for it (worker.Talk)."""
+        return bool(self.config.checkpoint_dir) and self.config.max_restarts > 0
+
+    def _start_server(self, config: JobConfig, bind: str) -> Child:
         read_fd, write_fd = os.pipe()
         try:
             server = self._spawn(
@@ -184,52 +200,83 @@ class Job:
                 [
                     "server",
                     "--config",
-                    json.dumps(self.config.to_dict()),
+                    json.dumps(config.to_dict()),
                     "--events-fd",
                     str(write_fd),
                     "--bind",
-                    self.bind,
+                    bind,
                     *self._keys_args(),
-                    *server_args,
+                    *self.server_args,
                 ],
                 pass_fds=(write_fd,),
             )
         finally:
             os.close(write_fd)
-        reader = threading.Thread(target=self._read_events, args=(read_fd,), daemon=True)
-        reader.start()
-        while True:
-            try:
-                self._on_event(self.events.get(timeout=0.1))
-            except queue.Empty:
-                pass
-            if server.process.poll() is not None:
-                reader.join(timeout=2.0)  # the pipe is closed now: take its last events
-                while not self.events.empty():
-                    self._on_event(self.events.get())
-                if server.process.returncode != 0:
-                    return self._fail(server)
-                return self._finish(self.done)
-            for rank, child in list(self.workers.items()):
-                rc = child.process.poll()
-                if rc is None or rc == 0:  # 0: told to stop by the server
-                    continue
-                if rc == EXIT_SERVER_SILENT and server.process.poll() is None:
-                    # the worker is fine; the server is alive but stuck: no restart can help
-                    return self._fail(server, f"(worker {rank} heard nothing from it for --timeout)")
-                if self.config.on_worker_failure == "abort":
-                    return self._fail(child)
-                if not self._restart(rank, child):
-                    return self._fail(child, "and every other worker is gone too")
+        server.events = threading.Thread(target=self._read_events, args=(read_fd, server), daemon=True)
+        server.events.start()
+        self.server = server
+        return server
+
+    def _drain(self, server: Child) -> None:
+        """A server has exited: its event pipe is closed now; take its last events."""
+        server.events.join(timeout=2.0)
+        while not self.events.empty():
+            self._on_event(self.events.get())
+
+    def _stuck(self, server: Child) -> bool:
+        """A server that listens, has not finished training, and has sent no event for --timeout
+        (it sends one at every heartbeat to its workers) is stuck: stopped, or hung."""
+        if not server.listening or self.phase == "trained" or server.process.poll() is not None:
+            return False
+        return time.monotonic() - server.heard > self.config.timeout
+
+    def _checkpoint_to_resume(self) -> tuple[JobConfig, str] | None:
+        """The config that restarts the server from --checkpoint-dir, and the newest checkpoint
+        that verifies there; None without one, or without restarts left."""
+        config = self.config
+        if not self.server_returns or self.restarts >= config.max_restarts:
+            return None
+        if not checkpoint.has_checkpoints(config.checkpoint_dir):
+            return None
+        resumed = dataclasses.replace(config, resume=config.checkpoint_dir)
+        try:
+            newest = checkpoint.latest(config.checkpoint_dir)
+            # --resume is --checkpoint-dir, so the folder may hold checkpoints; and they are this run's
+            resumed.check_paths()
+        except ValueError as e:  # CheckpointError is one
+            self.say(f"cannot restart the server: {e}")
+            return None
+        return resumed, newest.path.stem
+
+    def _resume_server(self, server: Child, found: tuple[JobConfig, str], what: str) -> Child:
+        """Start the server again, at the address the first one had, from a checkpoint. Its
+        workers, here and on other nodes, say HELLO until it welcomes them back."""
+        config, name = found
+        self.restarts += 1
+        limit = f"({self.restarts} of --max-restarts {self.config.max_restarts})"
+        self.say(f"server (pid {server.pid}) {what} restarting it from checkpoint {name} {limit}")
+        if server.process.poll() is None:  # stuck
+            signal_group(server, signal.SIGKILL)
+            server.process.wait()
+            self._drain(server)
+        if self.phase == "trained":  # died saving the weights: the steps since the checkpoint come again
+            self.phase = "training"
+        return self._start_server(config, self.listens_at or self.bind)
 
     def _on_event(self, event: dict) -> None:
         """One event from the server: it listens, lost a worker, made progress, or is done."""
         kind = event.get("event")
-        if kind == "listening" and not self.endpoint:
+        if kind == "listening":
+            self.server.listening = True
+            if self.endpoint:  # a restarted server, where the first one was: its workers come back
+                return
             self.progress.start(int(event.get("total_steps", 0)))
+            self.listens_at = str(event.get("endpoint"))  # a port picked by the OS: the same again
             self.endpoint = str(event.get("local_endpoint") or event.get("endpoint"))
             for rank in self.ranks:
                 self._start_worker(rank)
+        elif kind == "resumed" and isinstance(event.get("step"), int):
+            self.progress.restart(event["step"])  # from the checkpoint's step on
         elif kind == "worker_lost":
             self._kill_lost(event.get("rank"), event.get("pid"))
         elif kind == "done":
@@ -249,7 +296,7 @@ class Job:
         # the pid tells a stuck process from the restarted one that already replaced a dead one
         if child is not None and child.pid == pid and child.process.poll() is None:
             self.say(f"{child.name} (pid {child.pid}) stopped responding; killing it")
-            _signal_group(child, signal.SIGKILL)
+            signal_group(child, signal.SIGKILL)
 
     def _restart(self, rank: int, child: Child) -> bool:
         """Start `rank` again if restarts are left; False if no worker is left at all."""
@@ -307,7 +354,7 @@ class Job:
                         self.say(
                             f"{child.name} (pid {child.pid}) still runs after the job ended; stopping it"
                         )
-                        _signal_group(child, signal.SIGKILL)
+                        signal_group(child, signal.SIGKILL)
                         child.process.wait(timeout=STOP_GRACE_S)
                         del self.workers[rank]
                     continue
@@ -347,7 +394,7 @@ class Job:
         told = set(done.get("workers", []))
         for rank, child in self.workers.items():
             if rank not in told:
-                _signal_group(child, signal.SIGTERM)
+                signal_group(child, signal.SIGTERM)
         deadline = time.monotonic() + FINISH_GRACE_S
         for rank, child in self.workers.items():
             try:
@@ -366,22 +413,15 @@ class Job:
         """SIGTERM every live child, SIGKILL what is left after a grace period, and reap them all."""
         alive = [c for c in self.children if c.process.poll() is None]
         for child in alive:
-            _signal_group(child, signal.SIGTERM)
+            signal_group(child, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
         for child in alive:
             try:
                 child.process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                _signal_group(child, signal.SIGKILL)
+                signal_group(child, signal.SIGKILL)
                 child.process.wait()
         for child in self.children:
             if child.process.stdin and not child.process.stdin.closed:
                 child.process.stdin.close()
             child.reader.join(timeout=2.0)
-
-
-def _signal_group(child: Child, sig: int) -> None:
-    try:
-        os.killpg(child.pid, sig)  # the child leads its own session: this reaches anything it started
-    except ProcessLookupError:
-        pass

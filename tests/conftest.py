@@ -98,13 +98,14 @@ def spawn_workers(job_keys):
     """start(endpoint, n) -> n real worker processes; all are killed and reaped after the test."""
     started: list[subprocess.Popen] = []
 
-    def start(endpoint: str, n: int, ranks=None) -> list[subprocess.Popen]:
+    def start(endpoint: str, n: int, ranks=None, join_timeout: float = 30) -> list[subprocess.Popen]:
         for rank in range(n) if ranks is None else ranks:
             argv = ["-m", "numpy_cnn.launch", "worker", "--connect", endpoint, "--rank", str(rank)]
+            argv += ["--join-timeout", str(join_timeout)]
             started.append(
                 subprocess.Popen(
                     # --watch-stdin: if this test process dies, its workers exit too
-                    [sys.executable, *argv, "--keys", str(job_keys), "--join-timeout", "30", "--watch-stdin"],
+                    [sys.executable, *argv, "--keys", str(job_keys), "--watch-stdin"],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,

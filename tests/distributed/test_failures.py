@@ -38,6 +38,56 @@ def test_workers_notice_a_dead_server_within_the_timeout(mnist_dir, spawn_worker
         assert "has not said anything for 1 s: it is gone or stuck" in out, out
 
 
+def test_workers_rejoin_a_server_that_comes_back_at_the_same_address(
+    mnist_dir, spawn_workers, server_transport, tmp_path
+):
+    """With --checkpoint-dir (the launcher can restart the server), a welcomed worker whose server
+    is gone says HELLO again, on a fresh connection, and computes for whichever server welcomes it."""
+    data = load("mnist", str(mnist_dir))
+    config = JobConfig(
+        "fc-net", workers=2, timeout=1.0, data_dir=str(mnist_dir), checkpoint_dir=str(tmp_path / "ck")
+    )
+    first = ParameterServer(config, server_transport(), data)
+    workers = spawn_workers(first.transport.endpoint, 2)
+    with threadpool_limits(1):  # as in every worker process: one BLAS thread, the same bits
+        first.register()
+        first.train_step(0, 0, EpochStats())
+        first.transport.close()  # gone without a word, as when its process is killed
+        second = ParameterServer(config, server_transport(bind=first.transport.endpoint), data)
+        start = time.monotonic()
+        second.register()  # the same two processes, welcomed again
+        assert time.monotonic() - start < 10
+        second.train_step(0, 3, EpochStats())
+        second.stop_workers("test over")
+        clean = in_process_server(config, data)
+        clean.register()
+        clean.train_step(0, 3, EpochStats())
+    for a, b in zip(second.params, clean.params):
+        assert a.data.tobytes() == b.data.tobytes()
+    for p in workers:
+        assert p.wait(timeout=10) == 0
+        out = p.stdout.read().decode()
+        assert "saying HELLO until a server welcomes it back" in out and "welcomed back" in out, out
+
+
+def test_a_worker_gives_up_on_a_server_that_does_not_come_back(
+    mnist_dir, spawn_workers, server_transport, tmp_path
+):
+    data = load("mnist", str(mnist_dir))
+    config = JobConfig(
+        "fc-net", workers=1, timeout=1.0, data_dir=str(mnist_dir), checkpoint_dir=str(tmp_path / "ck")
+    )
+    server = ParameterServer(config, server_transport(), data)
+    (worker,) = spawn_workers(server.transport.endpoint, 1, join_timeout=2)
+    server.register()
+    server.transport.close()
+    gone = time.monotonic()
+    assert worker.wait(timeout=15) == EXIT_SERVER_SILENT
+    assert time.monotonic() - gone < 2 + 2.0  # the connection drops at once; then --join-timeout
+    out = worker.stdout.read().decode()
+    assert "went away, and none welcomed this worker back within 2 s" in out, out
+
+
 def intruder(endpoint: str, curve: keys.Keys | None) -> bool:
     """Does a HELLO, then a gradient-shaped message, from a peer holding `curve` get through?"""
     context = zmq.Context()

@@ -259,8 +259,9 @@ def test_on_worker_failure_abort_stops_the_job(mnist_dir, tmp_path, running, fai
 
 @pytest.mark.parametrize("failure", ["killed", "stuck"])
 def test_a_dead_or_stuck_server_stops_the_job(mnist_dir, running, failure):
-    job = running([*long_job(mnist_dir), "--timeout", "2"])
+    job = running([*long_job(mnist_dir), "--timeout", "2"])  # no --checkpoint-dir: no way back
     job.wait_for(r"\[server\] server: worker 1 is ready")
+    time.sleep(2)  # its first steps are done: training has started, and the job says how to resume
     pids = job.pids()
     os.kill(pids["server"], signal.SIGKILL if failure == "killed" else signal.SIGSTOP)
     start = time.monotonic()
@@ -272,6 +273,9 @@ def test_a_dead_or_stuck_server_stops_the_job(mnist_dir, running, failure):
         assert any("has not said anything for 2 s: it is gone or stuck" in line for line in job.seen)
         assert time.monotonic() - start < 2 + 3 + 5  # timeout, SIGTERM grace, slack
     assert any(expected in line for line in job.seen), "\n".join(job.seen)
+    hint = "launch: this run wrote no checkpoints; with --checkpoint-dir DIR a stopped run can be resumed"
+    assert hint in job.seen, "\n".join(job.seen)
+    assert [name for name, _ in job.started()].count("server") == 1  # it was not restarted
     assert wait_gone(list(pids.values()), timeout=5) == []
 
 
@@ -372,6 +376,8 @@ def test_a_killed_server_resumes_bitwise_with_another_worker_count(mnist_dir, tm
             str(ckdir),
             "--checkpoint-every",
             "50",
+            "--max-restarts",  # no restarts: the server stays dead (test_server_restart.py: it comes back)
+            "0",
         ]
     )
     deadline = time.monotonic() + 120

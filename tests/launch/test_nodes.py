@@ -190,23 +190,34 @@ def test_a_job_across_machines_needs_a_token(mnist_dir):
     assert result.returncode == 2 and "launch token" in result.stderr and "started" not in result.stdout
 
 
-def test_a_node_killed_mid_run_leaves_the_weights_bitwise_unchanged(hosts, mnist_dir, tmp_path):
-    common = [
-        "--workers",
-        "3",
-        "--shards",
-        "6",
-        "conv-net",
-        "--max-steps",
-        "150",
-        "--seed",
-        "4",
-        "--timeout",
-        "2",
-    ]
-    reference = tmp_path / "reference.npz"
-    result = run([*LAUNCH, *common, "--data-dir", str(mnist_dir), "--save", str(reference)])
+LONGER = [
+    "--workers",
+    "3",
+    "--shards",
+    "6",
+    "conv-net",
+    "--max-steps",
+    "150",
+    "--seed",
+    "4",
+    "--timeout",
+    "2",
+]
+
+
+@pytest.fixture(scope="module")
+def longer_reference(tmp_path_factory, mnist_dir) -> dict:
+    """The weights of LONGER's run on one machine, undisturbed."""
+    path = tmp_path_factory.mktemp("one-machine-longer") / "reference.npz"
+    result = run([*LAUNCH, *LONGER, "--data-dir", str(mnist_dir), "--save", str(path)])
     assert result.returncode == 0, result.stdout + result.stderr
+    return load_npz(path)
+
+
+def test_a_node_killed_mid_run_leaves_the_weights_bitwise_unchanged(
+    hosts, mnist_dir, tmp_path, longer_reference
+):
+    common = LONGER
     env, save, ckdir = base_env(mnist_dir, new_token()), tmp_path / "nodes.npz", tmp_path / "ck"
     jobs = []
     for rank in range(NODES):
@@ -244,7 +255,55 @@ def test_a_node_killed_mid_run_leaves_the_weights_bitwise_unchanged(hosts, mnist
             job.wait(timeout=10)
     assert [job.returncode for job in jobs[:2]] == [0, 0], "\n\n".join(outputs)
     assert re.search(r"server: worker 2 .*; dropped it at step \d+", outputs[0]), outputs[0]
-    assert same_bits(load_npz(save), load_npz(reference))
+    assert same_bits(load_npz(save), longer_reference)
+
+
+def server_pids(hosts: Hosts, node: int) -> list[int]:
+    """The `launch server` processes in `node`'s namespace (not its launch, nor its workers)."""
+    out = subprocess.run(["ip", "netns", "pids", hosts.names[node]], capture_output=True, text=True)
+    found = []
+    for pid in map(int, out.stdout.split()):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except FileNotFoundError:
+            continue
+        if b"launch server" in b" ".join(argv):
+            found.append(pid)
+    return found
+
+
+def test_a_server_killed_mid_run_comes_back_and_every_node_rejoins(
+    hosts, mnist_dir, tmp_path, longer_reference
+):
+    env, save, ckdir = base_env(mnist_dir, new_token()), tmp_path / "nodes.npz", tmp_path / "ck"
+    jobs = []
+    for rank in range(NODES):
+        flags = ["--nnodes", "3", "--node-rank", str(rank), "--master-addr", f"{SUBNET}.1"]
+        flags += ["--master-port", "29623", *LONGER]
+        if rank == 0:
+            flags += ["--save", str(save), "--checkpoint-dir", str(ckdir), "--checkpoint-every", "10"]
+        jobs.append(hosts.start(rank, flags, env))
+    try:
+        deadline = time.monotonic() + 120
+        while not (ckdir / "step-000000030.npz").exists():
+            assert time.monotonic() < deadline and jobs[0].poll() is None, "node 0 made no progress"
+            time.sleep(0.05)
+        (server,) = server_pids(hosts, 0)
+        os.kill(server, signal.SIGKILL)  # only the server: node 0's launch and workers live on
+        outputs = [job.communicate(timeout=120)[0] for job in jobs]
+    finally:
+        for job in jobs:
+            if job.poll() is None:
+                os.killpg(job.pid, signal.SIGKILL)
+            job.wait(timeout=10)
+    assert [job.returncode for job in jobs] == [0] * NODES, "\n\n".join(outputs)
+    restarted = rf"launch: server \(pid {server}\) was killed by SIGKILL; restarting it from checkpoint"
+    assert re.search(restarted, outputs[0]), outputs[0]
+    for node, output in enumerate(outputs):  # every worker, on every node, is the one it started with
+        assert f"welcomed back by the server at tcp://{SUBNET}.1:29623" in output or node == 0, output
+        assert "restarting it (" not in output, output
+    assert "welcomed back by the server at ipc://" in outputs[0], outputs[0]
+    assert same_bits(load_npz(save), longer_reference)
 
 
 def test_launch_token_prints_or_writes_a_private_token(tmp_path):
