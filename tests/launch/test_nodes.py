@@ -1,7 +1,8 @@
 """One `launch` per node: three "hosts" as network namespaces on one bridge, each with its own
-address, started with torchrun's flags, with Slurm's variables and with Kubeflow's; the weights
-equal a one-machine run's, bit for bit. Needs root (it creates and removes the namespaces);
-skipped elsewhere. The addresses are a private range used only inside these namespaces."""
+address, started with torchrun's flags, with Slurm's variables and with Kubeflow's, by mpirun and
+by srun on a throwaway Slurm cluster (slurm_cluster.py); the weights equal a one-machine run's, bit
+for bit. Needs root (it creates and removes the namespaces); skipped elsewhere. The addresses are a
+private range used only inside these namespaces."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from slurm_cluster import SlurmCluster, missing
 from test_launch import LAUNCH, load_npz, run, same_bits
 
 from numpy_cnn.distributed.token import new_token
@@ -413,3 +415,40 @@ def test_the_ipc_folder_must_be_this_users(tmp_path, server_transport):
     os.chown(folder, 4242, 4242)  # a folder of somebody else's, mode 0700 or not
     with pytest.raises(OSError, match="of this user's"):
         server_transport(ipc_dir=str(folder))
+
+
+@pytest.fixture
+def slurm(hosts):
+    """Slurm on the three namespaces (slurmctld on node01, one slurmd each), gone after the test."""
+    if missing():
+        pytest.skip(f"{', '.join(missing())} not installed (Debian: apt-get install slurm-wlm munge)")
+    names = [f"node0{i + 1}" for i in range(NODES)]
+    try:
+        cluster = SlurmCluster(hosts.names, names, [f"{SUBNET}.{i + 1}" for i in range(NODES)])
+    except RuntimeError as e:  # a daemon refused to run on this machine (its logs say why)
+        pytest.skip(f"cannot run Slurm's daemons here: {e}")
+    yield cluster
+    cluster.close()
+
+
+@pytest.mark.slurm
+def test_srun_starts_one_launch_per_node(slurm, hosts, mnist_dir, tmp_path):
+    """`srun -N 3 --ntasks-per-node=1 launch ...` on a real (throwaway) Slurm cluster: every node
+    gets the same command line and finds its part from Slurm's variables; the weights node 0's
+    server saves equal a one-machine run's, bit for bit."""
+    common = ["--workers", "3", "--shards", "6", "conv-net", "--max-steps", "100", "--seed", "5"]
+    reference, save = tmp_path / "reference.npz", tmp_path / "srun.npz"
+    result = run([*LAUNCH, *common, "--data-dir", str(mnist_dir), "--save", str(reference)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    srun = ["srun", "-N", str(NODES), "--ntasks-per-node=1", "--kill-on-bad-exit=1", "--time=5"]
+    env = {**base_env(mnist_dir, new_token()), "SLURM_CONF": slurm.env["SLURM_CONF"]}
+    command = slurm.run_in(hosts.names[0], [*srun, *LAUNCH, *common, "--save", str(save)])
+    try:
+        result = subprocess.run(
+            command, capture_output=True, text=True, env=env, timeout=240, stdin=subprocess.DEVNULL
+        )
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"srun did not finish in 240 s\n{e.stdout}\n{e.stderr}\n{slurm.logs()}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:] + slurm.logs()
+    assert "node 2 of 3 (from Slurm: SLURM_STEP_NUM_NODES" in result.stdout, result.stdout
+    assert same_bits(load_npz(save), load_npz(reference))
