@@ -58,7 +58,7 @@ def test_workers_rejoin_a_server_that_comes_back_at_the_same_address(
         second.register()  # the same two processes, welcomed again
         assert time.monotonic() - start < 10
         second.train_step(0, 3, EpochStats())
-        second.stop_workers("test over")
+        second.stop_workers(protocol.FINISHED)
         clean = in_process_server(config, data)
         clean.register()
         clean.train_step(0, 3, EpochStats())

@@ -331,7 +331,9 @@ def test_launch_token_prints_or_writes_a_private_token(tmp_path):
 AGENT = """#!/bin/sh
 # Open MPI's rsh agent, called as "agent HOST COMMAND...": HOST is one of the test's namespaces
 host=$1; shift
-exec ip netns exec "$host" sh -c "$*"
+# every "host" shares this machine's /tmp: give each daemon a session folder of its own
+mkdir -p "$AGENT_TMP/$host"
+exec ip netns exec "$host" env OMPI_MCA_orte_tmpdir_base="$AGENT_TMP/$host" sh -c "$*"
 """
 
 
@@ -368,6 +370,7 @@ def test_mpirun_starts_one_launch_per_node(hosts, reference, mnist_dir, tmp_path
         **base_env(mnist_dir, new_token()),
         "OMPI_ALLOW_RUN_AS_ROOT": "1",
         "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+        "AGENT_TMP": str(tmp_path / "ompi"),  # read by the agent script above
     }
     mpirun = ["mpirun", "--host", ",".join(hosts.names), "--map-by", "ppr:1:node", "-np", str(NODES)]
     mpirun += ["--mca", "plm_rsh_agent", str(agent), "--mca", "oob_tcp_if_include", f"{SUBNET}.0/24"]
