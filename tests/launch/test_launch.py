@@ -124,8 +124,8 @@ def running():
     """start(args) -> a Running launch; it and everything it started are gone after the test."""
     jobs: list[Running] = []
 
-    def start(args: list[str]) -> Running:
-        jobs.append(Running(args))
+    def start(args: list[str], **kw) -> Running:
+        jobs.append(Running(args, **kw))
         return jobs[-1]
 
     yield start

@@ -13,24 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_launch import LAUNCH, Running, load_npz, run, same_bits, wait_for_file, wait_gone
+from test_launch import (
+    LAUNCH,
+    load_npz,
+    run,
+    running,  # noqa: F401 (the fixture)
+    same_bits,
+    wait_for_file,
+)
 
 from numpy_cnn.data.mnist import FILES, find_in
-
-
-@pytest.fixture
-def running():
-    jobs: list[Running] = []
-
-    def start(args: list[str], **kw) -> Running:
-        jobs.append(Running(args, **kw))
-        return jobs[-1]
-
-    yield start
-    for job in jobs:
-        job.kill()
-        for pid in wait_gone([pid for _, pid in job.started()], timeout=10):
-            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize(

@@ -10,24 +10,17 @@ import signal
 import time
 
 import pytest
-from test_launch import LAUNCH, Running, load_npz, run, same_bits, wait_for_file, wait_gone
+from test_launch import (
+    LAUNCH,
+    load_npz,
+    run,
+    running,  # noqa: F401 (the fixture)
+    same_bits,
+    wait_for_file,
+    wait_gone,
+)
 
 STEPS = ["--max-steps", "300", "--checkpoint-every", "20", "--timeout", "2"]
-
-
-@pytest.fixture
-def running():
-    jobs: list[Running] = []
-
-    def start(args: list[str]) -> Running:
-        jobs.append(Running(args))
-        return jobs[-1]
-
-    yield start
-    for job in jobs:
-        job.kill()
-        for pid in wait_gone([pid for _, pid in job.started()], timeout=10):
-            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
