@@ -33,7 +33,8 @@ DEFAULT_BIND = "tcp://127.0.0.1:*"  # one machine: loopback, any free port
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="launch",
-        description="Data-parallel training of one of the seed's models on MNIST: a parameter server "
+        description="Data-parallel training of a model of the original NumPy-CNN write-up on MNIST: a "
+        "parameter server "
         "holds the weights and runs Adam, N worker processes compute gradients on their micro-shards "
         "of each batch, and they talk over ZeroMQ on 127.0.0.1. Any number of workers gives the "
         "same weights, bit for bit.",

@@ -46,12 +46,14 @@ def positive_float(text: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser, metrics_keys: str = "", shards: int | None = None) -> None:
     """The training flags; distributed training takes the same ones (and adds `metrics_keys`)."""
-    parser.add_argument("model", choices=sorted(MODELS), help="which of the seed's models to train")
+    parser.add_argument(
+        "model", choices=sorted(MODELS), help="which model of the original NumPy-CNN write-up to train"
+    )
     parser.add_argument(
         "--epochs",
         type=positive_int,
         default=None,
-        help="passes over the training set (default: the seed's, "
+        help="passes over the training set (default: the original write-up's, "
         + ", ".join(f"{k} {v}" for k, v in DEFAULT_EPOCHS.items())
         + ")",
     )
@@ -180,7 +182,8 @@ def parse_config(
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="python -m numpy_cnn.train",
-        description="Train one of the seed's models on MNIST in this process (serial training).",
+        description="Train a model of the original NumPy-CNN write-up on MNIST in this process (serial "
+        "training).",
     )
     add_arguments(parser)
     parser.add_argument(

@@ -24,7 +24,7 @@ class Config:
     """Everything that defines a training run; the same seed gives the same run, bit for bit."""
 
     model: str
-    epochs: int | None = None  # None: the seed's count for this model
+    epochs: int | None = None  # None: the original write-up's count for this model
     batch_size: int = 64
     lr: float = 2e-3
     lr_schedule: str = "cosine"

@@ -1,4 +1,4 @@
-"""Serial training, the seed's loop: one process, the micro-shards of each batch on threads.
+"""Serial training, the original write-up's loop: one process, the micro-shards of each batch on threads.
 
 `python -m numpy_cnn.train MODEL` runs it; its flags are in numpy_cnn/cli.py.
 """
