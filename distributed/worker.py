@@ -37,6 +37,7 @@ log = logging.getLogger("numpy_cnn.distributed.worker")
 HELLO_INTERVAL_S = 1.0  # a worker not yet welcomed says HELLO again this often
 
 EXIT_SERVER_SILENT = 3  # the exit status that tells the launcher the server, not this worker, failed
+EXIT_REFUSED = 4  # this machine differs from the server's (agreement.py): a restart would refuse again
 
 
 class Worker:

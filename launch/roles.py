@@ -13,13 +13,13 @@ from threadpoolctl import threadpool_limits
 
 from numpy_cnn.cli import Parser
 from numpy_cnn.data import load
-from numpy_cnn.distributed import keys, protocol, token
+from numpy_cnn.distributed import agreement, keys, protocol, token
 from numpy_cnn.distributed.config import JobConfig
 from numpy_cnn.distributed.lifeline import exit_when_stdin_closes
 from numpy_cnn.distributed.protocol import ProtocolError
 from numpy_cnn.distributed.server import ParameterServer
 from numpy_cnn.distributed.transport import ZmqServerTransport
-from numpy_cnn.distributed.worker import EXIT_SERVER_SILENT, ServerSilent, Worker, serve
+from numpy_cnn.distributed.worker import EXIT_REFUSED, EXIT_SERVER_SILENT, ServerSilent, Worker, serve
 from numpy_cnn.models import build
 
 
@@ -151,6 +151,9 @@ def worker_main(argv: list[str] | None = None) -> int:
     except ServerSilent as e:
         print(f"worker {args.rank}: error: {e}", file=sys.stderr, flush=True)
         return EXIT_SERVER_SILENT
+    except agreement.Disagreement as e:
+        print(f"worker {args.rank}: error: {e}", file=sys.stderr, flush=True)
+        return EXIT_REFUSED
     except (TimeoutError, ConnectionError, ProtocolError, OSError, ValueError) as e:
         print(f"worker {args.rank}: error: {e}", file=sys.stderr, flush=True)
         return 1

@@ -23,7 +23,7 @@ from numpy_cnn import checkpoint
 from numpy_cnn.cli import resume_hint, summary
 from numpy_cnn.distributed.config import JobConfig
 from numpy_cnn.distributed.keys import TemporaryKeys
-from numpy_cnn.distributed.worker import EXIT_SERVER_SILENT
+from numpy_cnn.distributed.worker import EXIT_REFUSED, EXIT_SERVER_SILENT
 
 from .children import Child, signal_group
 from .progress import Progress
@@ -176,6 +176,8 @@ class Job:
                 if rc == EXIT_SERVER_SILENT and server.process.poll() is None and not self.server_returns:
                     # the worker is fine; the server is alive but stuck, and nothing can bring it back
                     return self._fail(server, f"(worker {rank} heard nothing from it for --timeout)")
+                if rc == EXIT_REFUSED:  # its machine differs from the server's: restarting cannot help
+                    return self._fail(child, "(it refused the job: its machine differs from the server's)")
                 if self.config.on_worker_failure == "abort":
                     return self._fail(child)
                 if not self._restart(rank, child):
@@ -363,6 +365,8 @@ class Job:
                     continue
                 if rc == EXIT_SERVER_SILENT:
                     return self._fail(child, f"(the server at {self.connect} went silent)")
+                if rc == EXIT_REFUSED:  # this machine differs from the server's: restarting cannot help
+                    return self._fail(child, "(it refused the job: this machine differs from the server's)")
                 if self.config.on_worker_failure == "abort":
                     return self._fail(child)
                 if not self._restart(rank, child) or not self.workers:

@@ -19,7 +19,7 @@ from numpy_cnn.distributed.config import JobConfig
 from numpy_cnn.distributed.inprocess import in_process_server
 from numpy_cnn.distributed.server import ParameterServer
 from numpy_cnn.distributed.stats import EpochStats
-from numpy_cnn.distributed.worker import EXIT_SERVER_SILENT, Worker, serve
+from numpy_cnn.distributed.worker import EXIT_REFUSED, EXIT_SERVER_SILENT, Worker, serve
 
 
 def test_workers_notice_a_dead_server_within_the_timeout(mnist_dir, spawn_workers, server_transport):
@@ -253,6 +253,6 @@ def test_a_worker_with_another_model_definition_is_refused_on_both_sides(
     finally:
         worker.kill()
         worker.wait(timeout=10)
-    assert worker.returncode == 1
+    assert worker.returncode == EXIT_REFUSED  # the launcher does not restart it: it would refuse again
     assert "worker 0: error: model differs: the server has 5 layers" in out, out
     assert "worker 0 refused the job: model differs" in caplog.text
