@@ -88,12 +88,16 @@ def hosts():
     made.close()
 
 
+def one_machine(folder: Path, args: list[str], mnist_dir: Path) -> dict:
+    """The weights of `launch ARGS` on this machine alone, undisturbed."""
+    result = run([*LAUNCH, *args, "--data-dir", str(mnist_dir), "--save", str(folder / "reference.npz")])
+    assert result.returncode == 0, result.stdout + result.stderr
+    return load_npz(folder / "reference.npz")
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, mnist_dir) -> dict:
-    path = tmp_path_factory.mktemp("one-machine") / "reference.npz"
-    result = run([*LAUNCH, *COMMON, "--data-dir", str(mnist_dir), "--save", str(path)])
-    assert result.returncode == 0, result.stdout + result.stderr
-    return load_npz(path)
+    return one_machine(tmp_path_factory.mktemp("one-machine"), COMMON, mnist_dir)
 
 
 def run_nodes(hosts: Hosts, per_node: list[tuple[list[str], dict[str, str]]], timeout: float = 180):
@@ -209,11 +213,7 @@ LONGER = [
 
 @pytest.fixture(scope="module")
 def longer_reference(tmp_path_factory, mnist_dir) -> dict:
-    """The weights of LONGER's run on one machine, undisturbed."""
-    path = tmp_path_factory.mktemp("one-machine-longer") / "reference.npz"
-    result = run([*LAUNCH, *LONGER, "--data-dir", str(mnist_dir), "--save", str(path)])
-    assert result.returncode == 0, result.stdout + result.stderr
-    return load_npz(path)
+    return one_machine(tmp_path_factory.mktemp("one-machine-longer"), LONGER, mnist_dir)
 
 
 def test_a_node_killed_mid_run_leaves_the_weights_bitwise_unchanged(
