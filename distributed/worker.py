@@ -158,7 +158,8 @@ class Worker:
             x, y = self.prepared.pop((msg["epoch"], msg["index"], k), None) or batch.samples(
                 train.images, train.labels, self.shape, lo, hi
             )
-            loss, right = shard_gradient(self.net, self.loss, x, y, len(batch))
+            noise = (config.seed, msg["epoch"], msg["index"], lo)  # Dropout's masks: by sample
+            loss, right = shard_gradient(self.net, self.loss, x, y, len(batch), noise)
             loss_sum += loss
             correct += right
             self.progress += 1  # heartbeats go out only while this number moves (see serve)

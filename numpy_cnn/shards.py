@@ -83,11 +83,23 @@ def leaves_of(nodes: Sequence[Node]) -> list[int]:
 
 
 def shard_gradient(
-    net: Net, loss_f: CrossEntropyLoss, x: np.ndarray, y: np.ndarray, total: int
+    net: Net,
+    loss_f: CrossEntropyLoss,
+    x: np.ndarray,
+    y: np.ndarray,
+    total: int,
+    noise: tuple[int, int, int, int] | None = None,
 ) -> tuple[float, int]:
     """Forward and backward on one micro-shard of a `total`-sample batch: fills net's gradients
     with those of (sum of the shard's losses) / total, so the shards' gradients add up to the
-    batch's mean gradient. Returns (sum of losses, correct count)."""
+    batch's mean gradient. Returns (sum of losses, correct count).
+
+    `noise` is (seed, epoch, index, offset): global batch `index` of `epoch`, the shard's first row
+    in it. It keys the random draws (Dropout's masks) by the samples' places in the global batch,
+    so they are the same whichever worker computes the shard (Net.set_noise).
+    """
+    if noise is not None:
+        net.set_noise(*noise)
     if len(y) == 0:  # a short last batch can leave a micro-shard empty
         for p in net.parameters:
             p.grad.fill(0)
@@ -122,16 +134,24 @@ class ShardedStep:
         self.pool = ThreadPoolExecutor(threads) if threads > 1 and self.shards > 1 else None
         self.scratch: dict[Node, list[np.ndarray]] = {}
 
-    def _leaf(self, k: int, x: np.ndarray, y: np.ndarray, bounds: list, total: int) -> tuple[float, int]:
+    def _leaf(
+        self, k: int, x: np.ndarray, y: np.ndarray, bounds: list, key: tuple[int, int, int] | None
+    ) -> tuple[float, int]:
         lo, hi = bounds[k]
-        return shard_gradient(self.replicas[k], self.loss, x[lo:hi], y[lo:hi], total)
+        noise = None if key is None else (*key, lo)
+        return shard_gradient(self.replicas[k], self.loss, x[lo:hi], y[lo:hi], len(y), noise)
 
-    def __call__(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
-        """Fill the net's gradients for batch (x, y); returns (sum of losses, correct count)."""
+    def __call__(
+        self, x: np.ndarray, y: np.ndarray, key: tuple[int, int, int] | None = None
+    ) -> tuple[float, int]:
+        """Fill the net's gradients for batch (x, y); returns (sum of losses, correct count).
+
+        `key` is (seed, epoch, index) of the global batch: it keys Dropout's masks by sample.
+        """
         bounds = shard_bounds(len(y), self.shards)
         leaves = range(self.shards)
         run = self.pool.map if self.pool is not None else map
-        results = list(run(lambda k: self._leaf(k, x, y, bounds, len(y)), leaves))
+        results = list(run(lambda k: self._leaf(k, x, y, bounds, key), leaves))
         if self.shards > 1:
             parts = {(k, k + 1): [p.grad for p in self.replicas[k].parameters] for k in leaves}
             for p, g in zip(self.net.parameters, tree_sum((0, self.shards), parts, self.scratch)):

@@ -53,7 +53,7 @@ def train(
                 for index in indices:
                     batch = global_batch(n, config.batch_size, config.seed, epoch, index, config.max_shift)
                     x, y = batch.samples(data.train.images, data.train.labels, shape)
-                    loss_sum, right = step_fn(x, y)
+                    loss_sum, right = step_fn(x, y, key=(config.seed, epoch, index))
                     optimizer.lr = config.lr_at(book.step, per_epoch)
                     optimizer.update()
                     book.stepped(book.step + 1, epoch, index + 1)
