@@ -52,12 +52,12 @@ class ParameterServer:
         self.config = config.check()
         self.transport = transport
         self.data = data if data is not None else load(config.dataset, config.data_dir)
-        self.net = build(config.model, seed=config.seed, dtype=config.dtype)
+        self.net = build(config.model, seed=config.seed, dtype=config.dtype, data=self.data)
         self.params = self.net.parameters
         self.optimizer = Adam(self.params, lr=config.lr)
         self.identity = agreement.identity(self.net, config.dataset)  # what every worker must share
         self.boot = boot_id()
-        self.shape = input_shape(config.model)
+        self.shape = input_shape(config.model, self.data)
         self.per_epoch = steps_per_epoch(len(self.data.train), config.batch_size)
         self.step = 0  # optimizer steps taken
         self.version = 0  # parameter updates applied; workers must answer the current one

@@ -70,7 +70,7 @@ def server_main(argv: list[str] | None = None) -> int:
     transport = None
     try:
         data = load(config.dataset, config.data_dir)  # before listening: workers then find it cached
-        largest = max(p.data.nbytes for p in build(config.model, dtype=config.dtype).parameters)
+        largest = max(p.data.nbytes for p in build(config.model, dtype=config.dtype, data=data).parameters)
         transport = ZmqServerTransport(
             job_keys(args.keys, keys.SERVER),
             args.bind,

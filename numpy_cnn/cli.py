@@ -9,8 +9,9 @@ import time
 from collections.abc import Callable
 
 from . import checkpoint
-from .config import DEFAULT_SHARDS, DEFAULT_SHIFT, Config
+from .config import DEFAULT_SHARDS, DEFAULT_SHIFT, OWN_MODEL, Config
 from .data.mnist import DATASETS, describe_source
+from .model_ref import SYNTAX
 from .models import DEFAULT_EPOCHS, MODELS
 from .schedules import SCHEDULES
 
@@ -47,7 +48,11 @@ def positive_float(text: str) -> float:
 def add_arguments(parser: argparse.ArgumentParser, metrics_keys: str = "", shards: int | None = None) -> None:
     """The training flags; distributed training takes the same ones (and adds `metrics_keys`)."""
     parser.add_argument(
-        "model", choices=sorted(MODELS), help="which model of the original NumPy-CNN write-up to train"
+        "model",
+        metavar="MODEL",
+        help=f"{' or '.join(sorted(MODELS))} (the original NumPy-CNN write-up's), or your own: {SYNTAX}, "
+        "a function that takes a seeded numpy Generator (and, if it likes, the keywords sample_shape= "
+        "and classes=) and returns a Net",
     )
     parser.add_argument(
         "--epochs",
@@ -55,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser, metrics_keys: str = "", shard
         default=None,
         help="passes over the training set (default: the original write-up's, "
         + ", ".join(f"{k} {v}" for k, v in DEFAULT_EPOCHS.items())
-        + ")",
+        + f", your own model {OWN_MODEL['epochs']})",
     )
     parser.add_argument(
         "--batch-size",
@@ -119,7 +124,12 @@ def add_arguments(parser: argparse.ArgumentParser, metrics_keys: str = "", shard
         default=shards,
         help="micro-shards each batch is cut into; fixes the order of the gradient sum, so runs "
         "with the same --shards agree bit for bit (default: "
-        + (str(shards) if shards else ", ".join(f"{k} {v}" for k, v in DEFAULT_SHARDS.items()))
+        + (
+            str(shards)
+            if shards
+            else ", ".join(f"{k} {v}" for k, v in DEFAULT_SHARDS.items())
+            + f", your own model {OWN_MODEL['shards']}"
+        )
         + ")",
     )
     parser.add_argument(
@@ -128,7 +138,9 @@ def add_arguments(parser: argparse.ArgumentParser, metrics_keys: str = "", shard
         default=None,
         metavar="PIXELS",
         help="augmentation: translate each training image by up to this many pixels, drawn from "
-        "(seed, epoch) (default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_SHIFT.items()) + ")",
+        "(seed, epoch) (default: "
+        + ", ".join(f"{k} {v}" for k, v in DEFAULT_SHIFT.items())
+        + f", your own model {OWN_MODEL['shift']})",
     )
     parser.add_argument(
         "--checkpoint-dir",
@@ -182,8 +194,8 @@ def parse_config(
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="python -m numpy_cnn.train",
-        description="Train a model of the original NumPy-CNN write-up on MNIST in this process (serial "
-        "training).",
+        description="Train a model (one of the original NumPy-CNN write-up's, or your own) on MNIST in "
+        "this process (serial training).",
     )
     add_arguments(parser)
     parser.add_argument(

@@ -119,13 +119,14 @@ class ShardedStep:
     serial training and `launch` therefore produce the same weights bit for bit.
     """
 
-    def __init__(self, config, net: Net) -> None:
+    def __init__(self, config, net: Net, data=None) -> None:
         self.net, self.shards = net, config.n_shards
         self.loss = CrossEntropyLoss()
         self.replicas = [net]
         if self.shards > 1:
             self.replicas = [
-                build(config.model, seed=config.seed, dtype=config.dtype) for _ in range(self.shards)
+                build(config.model, seed=config.seed, dtype=config.dtype, data=data)
+                for _ in range(self.shards)
             ]
             for replica in self.replicas:
                 for rp, p in zip(replica.parameters, net.parameters):

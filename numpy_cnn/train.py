@@ -28,12 +28,12 @@ def train(
 ) -> tuple[Net, list[dict]]:
     """Train `config.model` on `config.dataset`; returns the net and one record per epoch."""
     data = load(config.dataset, config.data_dir)
-    shape = input_shape(config.model)
-    net = build(config.model, seed=config.seed, dtype=config.dtype)
+    shape = input_shape(config.model, data)
+    net = build(config.model, seed=config.seed, dtype=config.dtype, data=data)
     optimizer = Adam(net.parameters, lr=config.lr)
     n, per_epoch = len(data.train), steps_per_epoch(len(data.train), config.batch_size)
     book = RunBook(config, net, optimizer, per_epoch, log)
-    step_fn = ShardedStep(config, net)
+    step_fn = ShardedStep(config, net, data)
     # one BLAS thread per micro-shard while training: deterministic, and the shards use the cores
     blas_threads = 1 if config.n_shards > 1 else None
     progress = sys.stderr.isatty() if progress is None else progress

@@ -94,6 +94,15 @@ class MNIST:
     train: Split
     test: Split
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """One sample as a model of your own takes it: a channel axis first, (1, 28, 28)."""
+        return (1, *self.train.images.shape[1:])
+
+    @property
+    def classes(self) -> int:
+        return 10
+
 
 def check_dataset(name: str) -> str:
     if name not in DATASETS:

@@ -29,7 +29,10 @@ from numpy_cnn.data.mnist import FILES, find_in
     "args,message",
     [
         (["conv-net", "--workers", "3"], "--shards 4 is not divisible by --workers 3"),
-        (["resnet"], "invalid choice: 'resnet'"),
+        (
+            ["resnet"],
+            "unknown model 'resnet'; known models: conv-net, fc-net, or your own as PATH.py:FUNCTION",
+        ),
         (["conv-net", "--data-dir", "/does/not/exist"], "--data-dir /does/not/exist: no such folder"),
     ],
 )
