@@ -22,7 +22,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from numpy_cnn.data import MNIST, global_batch, load, steps_per_epoch
 from numpy_cnn.loss import CrossEntropyLoss
-from numpy_cnn.models import build, input_shape
+from numpy_cnn.models import ModelError, input_shape
 from numpy_cnn.shards import leaves_of, shard_bounds, shard_gradient, tree_sum
 
 from . import agreement, protocol
@@ -83,14 +83,15 @@ class Worker:
             raise ProtocolError(f"welcomed as rank {msg['rank']}, but this is rank {self.rank}")
         try:
             config = JobConfig.from_dict(msg["config"])
+        except ModelError as e:  # this machine cannot import the server's model: a restart cannot either
+            raise agreement.Disagreement(str(e)) from None
         except (TypeError, ValueError) as e:
             raise ProtocolError(f"bad job config from the server: {e}") from None
-        self.net = build(config.model, seed=config.seed, dtype=config.dtype)
-        agreement.check(msg["expect"], agreement.identity(self.net, config.dataset))
         if self.data is None:  # this machine's copy, found the usual way: not the server's path
             self.data = load(config.dataset, self.data_dir)
+        self.net = agreement.replica(config, self.data, msg["expect"])
         self.params = self.net.parameters
-        self.shape = input_shape(config.model)
+        self.shape = input_shape(config.model, self.data)
         self.loss = CrossEntropyLoss()
         # each micro-shard's backward writes straight into its own buffers (made on first use)
         self.leaf_grads: dict = {}

@@ -254,5 +254,6 @@ def test_a_worker_with_another_model_definition_is_refused_on_both_sides(
         worker.kill()
         worker.wait(timeout=10)
     assert worker.returncode == EXIT_REFUSED  # the launcher does not restart it: it would refuse again
-    assert "worker 0: error: model differs: the server has 5 layers" in out, out
-    assert "worker 0 refused the job: model differs" in caplog.text
+    difference = "net.layers[0] is Linear(784, 400) on the server, Linear(784, 300) on this worker"
+    assert f"worker 0: error: model fc-net differs: {difference}" in out, out
+    assert f"worker 0 refused the job: model fc-net differs: {difference}" in caplog.text

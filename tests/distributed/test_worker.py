@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
+from numpy_cnn import Net, layers
 from numpy_cnn.data import global_batch, load
 from numpy_cnn.distributed import agreement, protocol
 from numpy_cnn.distributed.config import JobConfig
@@ -23,7 +24,7 @@ def data(mnist_dir):
 
 
 def welcome(worker: Worker, config: JobConfig) -> None:
-    expect = agreement.identity(build(config.model), config.dataset)
+    expect = agreement.identity(build(config.model, seed=config.seed), config.dataset)
     msg = protocol.encode(protocol.WELCOME, rank=worker.rank, config=config.to_dict(), expect=expect)
     msg = protocol.decode(msg)
     ready = protocol.decode(worker.handle(msg))
@@ -86,16 +87,51 @@ def test_refuses_work_it_cannot_do(data):
 def test_a_worker_that_differs_from_the_server_refuses_naming_the_difference(data):
     config = JobConfig("fc-net", workers=2)
     expect = agreement.identity(build("fc-net"), "mnist")
-    for key, other, words in [
-        ("package", "0.0.1", "numpy_cnn version differs: the server has 0.0.1"),
-        ("model", agreement.model_digest(build("conv-net")), "model differs"),
-        ("data", agreement.data_digest("fashion-mnist"), "data differs: the server has fashion-mnist"),
+    conv = agreement.identity(build("conv-net"), "mnist")
+    reseeded = agreement.identity(build("fc-net", seed=1), "mnist")
+    rng = np.random.default_rng(0)  # fc-net's first layer, drawn as fc-net draws it: the same values
+    narrower = agreement.identity(
+        Net([layers.Linear(784, 400, rng=rng), layers.ReLU(), layers.Linear(400, 90, rng=rng)]), "mnist"
+    )
+    for change, words in [
+        ({"package": "0.0.1"}, r"numpy_cnn version differs: the server has 0.0.1"),
+        (
+            {"model": conv["model"]},
+            r"model fc-net differs: the server has 12 layers, sha256 \w+, this worker",
+        ),
+        (
+            {"model": conv["model"], "layers": conv["layers"]},
+            r"net.layers\[0\] is Conv2d\(1, 6, .*\) on the server, Linear\(784, 400\) on this worker",
+        ),
+        (
+            {"model": narrower["model"], "layers": narrower["layers"]},
+            r"net.layers\[2\] is Linear\(400, 90\) on the server, Linear\(400, 100\) on this worker",
+        ),
+        (
+            {"model": reseeded["model"], "layers": reseeded["layers"]},
+            r"parameter 0.weight of net.layers\[0\] \(Linear\(784, 400\)\) has other initial values",
+        ),
+        ({"data": agreement.data_digest("fashion-mnist")}, "data differs: the server has fashion-mnist"),
     ]:
         welcome = protocol.encode(
-            protocol.WELCOME, rank=0, config=config.to_dict(), expect={**expect, key: other}
+            protocol.WELCOME, rank=0, config=config.to_dict(), expect={**expect, **change}
         )
         with pytest.raises(agreement.Disagreement, match=words):
             Worker(0, data).handle(protocol.decode(welcome))
+
+
+def test_a_worker_that_cannot_import_the_model_refuses_naming_it(data, tmp_path):
+    path = tmp_path / "mine.py"
+    path.write_text(
+        "from numpy_cnn import Net, Flatten, Linear\n\n"
+        "def net(rng):\n    return Net([Flatten(), Linear(784, 10, rng=rng)])\n"
+    )
+    config = JobConfig(f"{path}:net", workers=2)
+    expect = agreement.identity(build(config.model, data=data), "mnist")
+    welcome = protocol.encode(protocol.WELCOME, rank=0, config=config.to_dict(), expect=expect)
+    path.unlink()  # this worker's machine has no such file
+    with pytest.raises(agreement.Disagreement, match=f"model {path}:net: cannot read {path}"):
+        Worker(0, data).handle(protocol.decode(welcome))
 
 
 def test_the_next_batch_is_made_while_the_gradients_travel(data):
