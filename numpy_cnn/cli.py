@@ -186,6 +186,7 @@ def parse_config(
         if outputs:
             config.check_paths()
         config.check()
+        config.check_model()
     except ValueError as e:
         parser.error(str(e))
     return config, args

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from . import checkpoint
 from .data.mnist import FILES, DataNotFound, check_dataset, given_dir
 from .model_ref import canonical
-from .models import DEFAULT_EPOCHS, check_name
+from .models import DEFAULT_EPOCHS, check_importable, check_name
 from .schedules import SCHEDULES
 
 # Measured on 2 cores (benchmarks/speed.py): the conv-net's elementwise layers are single-threaded in
@@ -100,6 +100,11 @@ class Config:
         if self.checkpoint_every is not None and not self.checkpoint_dir:
             raise ValueError("--checkpoint-every needs --checkpoint-dir")
         return self
+
+    def check_model(self) -> None:
+        """Raise ValueError (a ModelError) if your own model does not import in this process. Only the
+        process that starts a run checks: a worker reports it to the server instead (agreement.py)."""
+        check_importable(self.model)
 
     def check_data(self) -> None:
         """Raise ValueError if --data-dir or NUMPY_CNN_DATA names a folder without the data: it is

@@ -40,11 +40,17 @@ def canonical(name: str) -> str:
     return name
 
 
-def resolve(name: str) -> Callable:
-    """The function `name` refers to; raises ModelError naming the reference and what failed."""
+def parse(name: str) -> tuple[str, str]:
+    """(file or module, function) of reference `name`; ModelError if it is not written as one."""
     where, _, attr = name.rpartition(":")
     if not where or not attr or not all(part.isidentifier() for part in attr.split(".")):
         raise ModelError(f"model {name!r}: expected {SYNTAX}")
+    return where, attr
+
+
+def resolve(name: str) -> Callable:
+    """The function `name` refers to; raises ModelError naming the reference and what failed."""
+    where, attr = parse(name)
     module = _import_file(name, where) if where.endswith(".py") else _import_module(name, where)
     found: object = module
     for part in attr.split("."):

@@ -66,7 +66,7 @@ def register(function: Callable[..., Net]) -> str:
 
 
 def check_name(name: str) -> str:
-    """`name` if it names a model; a reference is imported to be sure (ModelError if it fails)."""
+    """`name` if it is a model's name or is written as a reference (which is not imported here)."""
     if name in MODELS or name in CALLABLES:
         return name
     if not isinstance(name, str) or not model_ref.is_reference(name):
@@ -74,7 +74,15 @@ def check_name(name: str) -> str:
             f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}, or your own as "
             f"{model_ref.SYNTAX}"
         )
-    model_ref.resolve(name)
+    model_ref.parse(name)
+    return name
+
+
+def check_importable(name: str) -> str:
+    """`name` if it names a model this process can build; a reference is imported to be sure."""
+    check_name(name)
+    if model_ref.is_reference(name) and name not in CALLABLES:
+        model_ref.resolve(name)
     return name
 
 

@@ -87,15 +87,15 @@ def test_the_keywords_are_passed_only_to_a_function_that_takes_them(mine):
 
 
 def test_a_module_reference_is_found_on_the_path_and_in_the_current_folder(tmp_path, monkeypatch):
-    package = tmp_path / "zoo"
+    package = tmp_path / "zoo_unit"
     package.mkdir()
     (package / "__init__.py").write_text("")
     write(package, "nets.py", SOURCE)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", os.getcwd())])
-    net = models.build("zoo.nets:mlp", seed=1, data=MNIST_LIKE)
+    net = models.build("zoo_unit.nets:mlp", seed=1, data=MNIST_LIKE)
     assert repr(net.layers[3]) == "Linear(32, 10)"
-    assert Config("zoo.nets:mlp").model == "zoo.nets:mlp"  # recorded as written
+    assert Config("zoo_unit.nets:mlp").model == "zoo_unit.nets:mlp"  # recorded as written
 
 
 def test_a_relative_path_is_recorded_absolute(mine, monkeypatch):
@@ -154,7 +154,7 @@ def test_a_reference_that_does_not_import_is_named(tmp_path):
         (":net", r"expected PATH.py:FUNCTION"),
     ]:
         with pytest.raises(ValueError, match=words):
-            Config(name).check()
+            Config(name).check().check_model()
 
 
 def test_your_own_model_needs_the_data_to_be_built(mine):
