@@ -33,14 +33,14 @@ DEFAULT_BIND = "tcp://127.0.0.1:*"  # one machine: loopback, any free port
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="launch",
-        description="Data-parallel training of a model (one of the original NumPy-CNN write-up's, or your "
-        "own) on MNIST: a parameter server holds the weights and runs Adam, N worker processes compute gradients on their micro-shards "
-        "of each batch, and they talk over ZeroMQ on 127.0.0.1. Any number of workers gives the "
-        "same weights, bit for bit.",
+        description="Data-parallel training of a model (one of the original NumPy-CNN write-up's, or "
+        "your own) on MNIST: a parameter server holds the weights and runs Adam, N worker processes "
+        "compute gradients on their micro-shards of each batch, and they talk over ZeroMQ on "
+        "127.0.0.1. Any number of workers gives the same weights, bit for bit.",
         epilog="examples: launch --workers 4 conv-net; launch --workers 4 my_model.py:make_net (every "
-        "worker imports the file, or a package.module:FUNCTION, itself); launch keygen DIR writes CURVE keys for a "
-        "job that spans machines, and launch worker --connect ENDPOINT --rank R --keys DIR starts a "
-        "worker on another machine (see the README)",
+        "worker imports the file, or a package.module:FUNCTION, itself); launch keygen DIR writes "
+        "CURVE keys for a job that spans machines, and launch worker --connect ENDPOINT --rank R "
+        "--keys DIR starts a worker on another machine (see the README)",
     )
     add_arguments(
         parser,
