@@ -10,9 +10,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from numpy_cnn import Linear, Net, models
+from numpy_cnn import Linear, Net, checkpoint, models
 from numpy_cnn.config import Config
 from numpy_cnn.model_ref import ModelError, canonical
+from numpy_cnn.train import main
 
 MNIST_LIKE = SimpleNamespace(sample_shape=(1, 28, 28), classes=10)
 
@@ -171,3 +172,24 @@ def test_a_callable_is_registered_under_its_name():
     assert Config(name).check().model == name
     net = models.build(name, data=SimpleNamespace(sample_shape=(784,), classes=7))
     assert repr(net.layers[0]) == "Linear(784, 7)"
+
+
+def test_a_checkpoint_records_the_file_and_resumes_from_any_folder_only_with_it(
+    mine, mnist_dir, tmp_path, monkeypatch, capsys
+):
+    other = write(tmp_path, "other.py", SOURCE)
+    folder, elsewhere = tmp_path / "ck", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    data = ["--data-dir", str(mnist_dir), "--checkpoint-dir", str(folder)]
+    monkeypatch.chdir(tmp_path)
+    assert main(["mine.py:mlp", "--max-steps", "3", *data]) == 0
+    assert checkpoint.latest(folder).meta["config"]["model"] == f"{mine}:mlp"
+    monkeypatch.chdir(elsewhere)  # the same file by another relative path: the same run
+    assert main(["../mine.py:mlp", "--max-steps", "5", "--resume", str(folder), *data]) == 0
+    assert checkpoint.latest(folder).meta["step"] == 5
+    assert "resumed from" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main([f"{other}:mlp", "--max-steps", "7", "--resume", str(folder), *data])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"the checkpoint is from a run with model='{mine}:mlp', this run has model='{other}:mlp'" in err
