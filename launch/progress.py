@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in a notebook, the text bar elsewhere
 
 
 class Progress:

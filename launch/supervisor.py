@@ -82,6 +82,7 @@ class Job:
         self.history: list[dict] = []  # the server's epoch records, as its events bring them
         self.done: dict | None = None  # the server's "done" event
         self.phase = "starting"  # then "training" (from the first step on), then "trained"
+        self.error = ""  # why the job failed, as its last "launch: error:" line says
         self.started = time.monotonic()
 
     def say(self, message: str) -> None:
@@ -385,6 +386,7 @@ class Job:
             what += f": {child.error}"
         self.say(f"{child.name} (pid {child.pid}) {child.describe_exit()}; stopping the job")
         self.stop_all()
+        self.error = what
         print(f"launch: error: {what}", file=sys.stderr, flush=True)
         if self.phase == "training":  # a failure before training or after it is not helped by resuming
             print(f"launch: {resume_hint(self.config)}", file=sys.stderr, flush=True)
@@ -392,7 +394,8 @@ class Job:
 
     def _finish(self, done: dict | None) -> int:
         if done is None:
-            print("launch: error: the server exited before finishing", file=sys.stderr, flush=True)
+            self.error = "the server exited before finishing"
+            print(f"launch: error: {self.error}", file=sys.stderr, flush=True)
             return 1
         # the server told its registered workers to stop; a restarted one still joining was not
         told = set(done.get("workers", []))
@@ -404,7 +407,8 @@ class Job:
             try:
                 child.process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                print(f"launch: error: {child.name} did not exit after the job finished", file=sys.stderr)
+                self.error = f"{child.name} did not exit after the job finished"
+                print(f"launch: error: {self.error}", file=sys.stderr)
                 return 1
             if child.process.returncode != 0 and rank in told:
                 return self._fail(child)

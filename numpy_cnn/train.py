@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 from threadpoolctl import threadpool_limits
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in a notebook, the text bar elsewhere
 
 from . import cli
 from .config import Config
