@@ -22,7 +22,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from numpy_cnn.data import MNIST, global_batch, load, steps_per_epoch
 from numpy_cnn.loss import CrossEntropyLoss
-from numpy_cnn.models import ModelError, input_shape
+from numpy_cnn.models import input_shape
 from numpy_cnn.shards import leaves_of, shard_bounds, shard_gradient, tree_sum
 
 from . import agreement, protocol
@@ -83,8 +83,6 @@ class Worker:
             raise ProtocolError(f"welcomed as rank {msg['rank']}, but this is rank {self.rank}")
         try:
             config = JobConfig.from_dict(msg["config"])
-        except ModelError as e:  # this machine cannot import the server's model: a restart cannot either
-            raise agreement.Disagreement(str(e)) from None
         except (TypeError, ValueError) as e:
             raise ProtocolError(f"bad job config from the server: {e}") from None
         if self.data is None:  # this machine's copy, found the usual way: not the server's path
