@@ -53,7 +53,7 @@ def test_fit_gives_the_launch_commands_weights(mine, mnist_dir, tmp_path):
 def test_a_function_needs_one_process_and_a_failed_job_raises(mine, mnist_dir):
     with pytest.raises(TypeError, match=r"is a function: worker processes .* single_process=True"):
         fit(mlp, workers=2)
-    with pytest.raises(TypeError, match=r"such as 'test_api:mlp'"):  # the reference that names it
+    with pytest.raises(TypeError, match=r"such as 'test_launch_api:mlp'"):  # the reference that names it
         fit(mlp, workers=2)
     with pytest.raises(ValueError, match="--shards 4 is not divisible by --workers 3"):
         fit(f"{mine}:mlp", workers=3, data_dir=str(mnist_dir))
