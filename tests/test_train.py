@@ -95,7 +95,7 @@ def test_cli_writes_metrics_and_a_loadable_model(mnist_dir, tmp_path):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["resnet"], "invalid choice"),
+        (["resnet"], "unknown model 'resnet'; known models: conv-net, fc-net, or your own"),
         (["fc-net", "--batch-size", "0"], "must be a positive integer"),
         (["fc-net", "--lr", "-1"], "must be a positive number"),
         (["fc-net", "--dataset", "cifar"], "invalid choice"),

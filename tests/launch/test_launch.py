@@ -302,7 +302,7 @@ def test_children_do_not_outlive_a_killed_launcher(mnist_dir, running):
         (["conv-net", "--workers", "3"], "--shards 4 is not divisible by --workers 3"),
         (["conv-net", "--workers", "0"], "--workers: must be a positive integer"),
         (["conv-net", "--batch-size", "2"], "--batch-size 2 is smaller than --shards 4"),
-        (["resnet"], "invalid choice: 'resnet'"),
+        (["resnet"], "unknown model 'resnet'"),
         (["conv-net", "--lr", "-1"], "--lr: must be a positive number"),
         (["conv-net", "--save", "/nonexistent/dir/x.npz"], "does not exist or is not writable"),
         (["conv-net", "--frobnicate"], "unrecognized arguments"),

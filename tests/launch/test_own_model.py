@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from test_launch import LAUNCH, load_npz, run
@@ -46,15 +47,15 @@ def model_source(hidden: int = 64, dropout: float | None = None) -> str:
 
 
 @pytest.fixture(scope="module")
-def dataset(mnist_dir) -> list[str]:
-    """The flags that name the data set every run here trains on."""
-    return ["--data-dir", str(mnist_dir)]
-
-
-@pytest.fixture(scope="module")
-def data(mnist_dir):
-    """The same data set, loaded in this process (for a server run here)."""
-    return load("mnist", str(mnist_dir))
+def dataset(mnist_dir) -> SimpleNamespace:
+    """The data set every run here trains on: as flags, as Config keywords, and loaded here (for a
+    server in this process). MNIST for now; STEPS and ACCURACY above are for it."""
+    options = {"dataset": "mnist", "data_dir": str(mnist_dir)}
+    return SimpleNamespace(
+        flags=["--dataset", "mnist", "--data-dir", str(mnist_dir)],
+        options=options,
+        data=load(options["dataset"], options["data_dir"]),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,7 @@ def train_runs(ref: str, flags: list[str], folder: Path, out: Path) -> dict[str,
 
 @pytest.mark.parametrize("ref", ["mine.py:net", "zoo.nets:net"], ids=["file", "module"])
 def test_your_own_model_trains_to_the_same_bits_in_every_mode(ref, models_dir, dataset, tmp_path):
-    flags = [*dataset, "--max-steps", str(STEPS), "--seed", "3"]
+    flags = [*dataset.flags, "--max-steps", str(STEPS), "--seed", "3"]
     done = train_runs(ref, flags, models_dir, tmp_path)
     for name, result in done.items():
         assert result.returncode == 0, f"{name}:\n{result.stdout}\n{result.stderr}"
@@ -111,7 +112,7 @@ def test_dropout_is_on_in_the_file_model(models_dir, dataset, tmp_path):
     """The Dropout net's bits above are not those of the same net that never drops."""
     plain = tmp_path / "plain.py"
     plain.write_text(model_source(dropout=0.0))
-    argv = [*dataset, "--max-steps", "5", "--seed", "3", "--shards", "4"]
+    argv = [*dataset.flags, "--max-steps", "5", "--seed", "3", "--shards", "4"]
     for ref, name in ((f"{models_dir / 'mine.py'}:net", "a"), (f"{plain}:net", "b")):
         result = run([*TRAIN, ref, *argv, "--save", str(tmp_path / f"{name}.npz")])
         assert result.returncode == 0, result.stderr
@@ -122,9 +123,9 @@ def test_dropout_is_on_in_the_file_model(models_dir, dataset, tmp_path):
 def test_a_function_that_does_not_return_a_net_is_named(models_dir, dataset):
     ref = f"{models_dir / 'mine.py'}:not_a_net"
     words = f"model {ref}: the function returned str, not a numpy_cnn.Net"
-    serial = run([*TRAIN, ref, *dataset, "--max-steps", "5"])
+    serial = run([*TRAIN, ref, *dataset.flags, "--max-steps", "5"])
     assert serial.returncode == 1 and words in serial.stderr, serial.stderr
-    job = run([*LAUNCH, "--workers", "2", ref, *dataset, "--max-steps", "5"])
+    job = run([*LAUNCH, "--workers", "2", ref, *dataset.flags, "--max-steps", "5"])
     assert job.returncode == 1, job.stderr
     assert f"launch: error: server exited with code 1: {words}" in job.stderr, job.stderr
 
@@ -134,7 +135,7 @@ def test_a_model_the_launcher_cannot_import_is_a_bad_flag(tmp_path, dataset):
         (f"{tmp_path}/absent.py:net", f"model {tmp_path}/absent.py:net: cannot read"),
         ("no_such_zoo.nets:net", "model no_such_zoo.nets:net: importing no_such_zoo.nets failed"),
     ]:
-        result = run([*LAUNCH, "--workers", "2", ref, *dataset], timeout=60)
+        result = run([*LAUNCH, "--workers", "2", ref, *dataset.flags], timeout=60)
         assert result.returncode == 2 and f"launch: error: {words}" in result.stderr, result.stderr
 
 
@@ -165,11 +166,11 @@ def refused(server: ParameterServer, worker: subprocess.Popen, caplog) -> str:
 
 
 def test_a_worker_that_cannot_import_the_model_refuses_naming_it(
-    models_dir, data, mnist_dir, server_transport, job_keys, caplog, monkeypatch, tmp_path
+    models_dir, dataset, server_transport, job_keys, caplog, monkeypatch, tmp_path
 ):
     monkeypatch.syspath_prepend(str(models_dir))  # this process, the server, finds zoo; the worker will not
-    config = JobConfig("zoo.nets:net", workers=1, timeout=1.0, join_timeout=8.0, data_dir=str(mnist_dir))
-    server = ParameterServer(config, server_transport(), data)
+    config = JobConfig("zoo.nets:net", workers=1, timeout=1.0, join_timeout=8.0, **dataset.options)
+    server = ParameterServer(config, server_transport(), dataset.data)
     worker = start_worker(server.transport.endpoint, job_keys, cwd=tmp_path)
     out = refused(server, worker, caplog)
     words = "model zoo.nets:net: importing zoo.nets failed: ModuleNotFoundError: No module named 'zoo'"
@@ -178,13 +179,13 @@ def test_a_worker_that_cannot_import_the_model_refuses_naming_it(
 
 
 def test_a_worker_whose_file_differs_refuses_naming_the_first_difference(
-    data, mnist_dir, server_transport, job_keys, caplog, tmp_path
+    dataset, server_transport, job_keys, caplog, tmp_path
 ):
     path = tmp_path / "edited.py"
     path.write_text(model_source(hidden=64))
     ref = f"{path}:net"
-    config = JobConfig(ref, workers=1, timeout=1.0, join_timeout=8.0, data_dir=str(mnist_dir))
-    server = ParameterServer(config, server_transport(), data)
+    config = JobConfig(ref, workers=1, timeout=1.0, join_timeout=8.0, **dataset.options)
+    server = ParameterServer(config, server_transport(), dataset.data)
     path.write_text(model_source(hidden=32))  # edited after the server started, before the worker did
     worker = start_worker(server.transport.endpoint, job_keys, cwd=tmp_path)
     out = refused(server, worker, caplog)
