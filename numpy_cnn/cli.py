@@ -103,7 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser, metrics_keys: str = "", shard
         "--save",
         metavar="PATH.npz",
         default=None,
-        help="write the final weights here, one array per parameter",
+        help="write the final weights here, one array per parameter, and what they are (model, "
+        "sample shape, classes: python -m numpy_cnn.evaluate PATH.npz needs nothing else)",
     )
     parser.add_argument(
         "--metrics",
@@ -149,6 +150,14 @@ def add_arguments(parser: argparse.ArgumentParser, metrics_keys: str = "", shard
         default=None,
         help="continue from the newest valid checkpoint in DIR; the result is bitwise that of an "
         "uninterrupted run",
+    )
+    parser.add_argument(
+        "--init-from",
+        metavar="FILE",
+        default=None,
+        help="start from the weights in FILE (a --save file or a checkpoint) instead of random ones, "
+        "with a fresh optimizer: fine-tuning, or more epochs after a finished run (ignored with "
+        "--resume, whose checkpoint has the weights)",
     )
     parser.add_argument(
         "--dtype",

@@ -41,6 +41,7 @@ class Config:
     checkpoint_dir: str | None = None
     checkpoint_every: int | None = None  # steps; checkpoints are also written at every epoch end
     resume: str | None = None  # a checkpoint folder to continue from
+    init_from: str | None = None  # a --save file or checkpoint whose weights a new run starts from
 
     def identity(self) -> dict:
         """The settings with defaults resolved: what a resumed run must share with the checkpointed one."""
@@ -123,6 +124,8 @@ class Config:
                     f"--checkpoint-dir {self.checkpoint_dir} already holds checkpoints: pass "
                     f"--resume {self.checkpoint_dir} to continue them, or choose another folder"
                 )
+        if self.init_from and not self.resume:  # resuming, the checkpoint has the weights
+            check_init_from(self)
         if self.resume:
             try:
                 checkpoint.check_resumable(checkpoint.latest(self.resume).meta, self.identity())
@@ -138,3 +141,14 @@ def check_writable(path: str | None, flag: str) -> None:
         raise ValueError(f"{flag} {path}: folder {directory} does not exist or is not writable")
     if os.path.isdir(path):
         raise ValueError(f"{flag} {path}: is a folder")
+
+
+def check_init_from(config: Config) -> None:
+    """Raise ValueError unless --init-from names weights that fit `config.model`."""
+    from .models import build
+    from .saved import SavedModelError, load_into
+
+    try:
+        load_into(build(config.model, dtype=config.dtype), config.init_from)
+    except SavedModelError as e:
+        raise ValueError(f"--init-from {e}") from None

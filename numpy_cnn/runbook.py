@@ -17,12 +17,25 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from . import checkpoint
+from . import checkpoint, saved
+from .models import input_shape
 
 
 class RunBook:
-    def __init__(self, config, net, optimizer, per_epoch: int, log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        config,
+        net,
+        optimizer,
+        per_epoch: int,
+        log: Callable[[str], None] = print,
+        sample_shape: tuple[int, ...] | None = None,
+        classes: int = 10,
+    ) -> None:
         self.config, self.net, self.optimizer, self.per_epoch = config, net, optimizer, per_epoch
+        # what the --save file says it holds (numpy_cnn/saved.py)
+        self.sample_shape = sample_shape if sample_shape is not None else input_shape(config.model)
+        self.classes = classes
         self.step = 0  # optimizer steps taken
         self.start: tuple[int, int] = (0, 0)  # (epoch, batch index) of the first batch to train
         self.resumed_from: Path | None = None
@@ -32,6 +45,9 @@ class RunBook:
             )
             self.step, self.start = step, (epoch, index)
             log(f"resumed from {self.resumed_from} at step {step} (epoch {epoch + 1}, batch {index})")
+        elif config.init_from:  # a new run from saved weights; the optimizer starts afresh
+            step = saved.load_into(net, config.init_from).meta.get("step")
+            log(f"initial weights from {config.init_from}" + (f" (step {step})" if step is not None else ""))
         self.saved = self.step  # the step of the newest checkpoint: never write the same one twice
         self.position = self.start  # (epoch, index) of the next batch to train
         self.history: list[dict] = []
@@ -96,7 +112,7 @@ class RunBook:
         if path is None:
             return None
         try:
-            self.net.save(path)
+            self._write(path)
             return path
         except OSError as e:
             safe = self._rescue(path)
@@ -117,8 +133,11 @@ class RunBook:
         name = f"numpy_cnn-{Path(path).stem}-{os.getpid()}.npz"
         for folder in (tempfile.gettempdir(), os.path.expanduser("~")):
             try:
-                self.net.save(os.path.join(folder, name))
+                self._write(os.path.join(folder, name))
                 return os.path.join(folder, name)
             except OSError:
                 continue
         return None
+
+    def _write(self, path: str) -> None:
+        saved.save(path, self.net, saved.describe(self.config, self.step, self.sample_shape, self.classes))
