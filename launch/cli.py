@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser,
         metrics_keys=", and per step: step_ms, compute_ms, comm_ms, update_ms, bytes_per_step",
         shards=4,
+        step_keys=", and per step: step_ms, compute_ms, comm_ms, exposed_comm_ms, update_ms",
     )
     group = parser.add_argument_group("data parallelism")
     group.add_argument(

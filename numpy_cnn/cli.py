@@ -44,8 +44,11 @@ def positive_float(text: str) -> float:
     return value
 
 
-def add_arguments(parser: argparse.ArgumentParser, metrics_keys: str = "", shards: int | None = None) -> None:
-    """The training flags; distributed training takes the same ones (and adds `metrics_keys`)."""
+def add_arguments(
+    parser: argparse.ArgumentParser, metrics_keys: str = "", shards: int | None = None, step_keys: str = ""
+) -> None:
+    """The training flags; distributed training takes the same ones (and adds `metrics_keys` to the
+    epoch lines' keys and `step_keys` to the step lines')."""
     parser.add_argument(
         "model", choices=sorted(MODELS), help="which model of the original NumPy-CNN write-up to train"
     )
@@ -113,6 +116,28 @@ def add_arguments(parser: argparse.ArgumentParser, metrics_keys: str = "", shard
         help='write JSON lines: first the run\'s settings ({"type": "config", ...}), then one per epoch '
         '({"type": "epoch", ...}): epoch, step, loss, train_acc, test_acc, seconds, samples_per_s'
         + metrics_keys,
+    )
+    parser.add_argument(
+        "--log-every",
+        metavar="STEPS",
+        type=positive_int,
+        default=None,
+        help='also write a line to --metrics every STEPS optimizer steps ({"type": "step", ...}): step, '
+        "epoch, loss and train_acc of those steps, lr" + step_keys,
+    )
+    parser.add_argument(
+        "--trace",
+        metavar="PATH.json",
+        default=None,
+        help="write a Chrome trace-event file of where the time goes (open it in ui.perfetto.dev or "
+        "chrome://tracing)",
+    )
+    parser.add_argument(
+        "--trace-steps",
+        metavar="FIRST:LAST",
+        default=None,
+        help="the optimizer steps --trace records, counted from 1 as in --metrics; 100: means from step "
+        "100 to the end (default: 1:50). Evaluations and events such as a lost worker are always kept",
     )
     parser.add_argument(
         "--shards",

@@ -9,6 +9,7 @@ from . import checkpoint
 from .data.mnist import FILES, DataNotFound, check_dataset, given_dir
 from .models import DEFAULT_EPOCHS, check_name
 from .schedules import SCHEDULES
+from .trace import DEFAULT_STEPS, parse_steps
 
 # Measured on 2 cores (benchmarks/speed.py): the conv-net's elementwise layers are single-threaded in
 # NumPy, so two shards on two threads beat one batch on two BLAS threads by about 1.3x; the fc-net
@@ -42,6 +43,9 @@ class Config:
     checkpoint_every: int | None = None  # steps; checkpoints are also written at every epoch end
     resume: str | None = None  # a checkpoint folder to continue from
     init_from: str | None = None  # a --save file or checkpoint whose weights a new run starts from
+    log_every: int | None = None  # steps: a "step" line in --metrics every this many optimizer steps
+    trace: str | None = None  # write a Chrome trace-event file (Perfetto, chrome://tracing) here
+    trace_steps: str | None = None  # FIRST:LAST, the steps --trace records (None: trace.DEFAULT_STEPS)
 
     def identity(self) -> dict:
         """The settings with defaults resolved: what a resumed run must share with the checkpointed one."""
@@ -55,6 +59,11 @@ class Config:
     @property
     def n_shards(self) -> int:
         return self.shards if self.shards is not None else DEFAULT_SHARDS[self.model]
+
+    @property
+    def trace_range(self) -> tuple[int, int | None]:
+        """(first, last or None) of the optimizer steps (1-based) that --trace records."""
+        return DEFAULT_STEPS if self.trace_steps is None else parse_steps(self.trace_steps)
 
     @property
     def n_epochs(self) -> int:
@@ -91,6 +100,18 @@ class Config:
             raise ValueError(f"--dtype must be float32 or float64, got {self.dtype!r}")
         if self.checkpoint_every is not None and not self.checkpoint_dir:
             raise ValueError("--checkpoint-every needs --checkpoint-dir")
+        if self.log_every is not None and (self.log_every < 1 or not self.metrics):
+            raise ValueError(
+                f"--log-every must be a positive integer and needs --metrics, got {self.log_every} "
+                f"with --metrics {self.metrics}"
+            )
+        if self.trace_steps is not None:
+            if not self.trace:
+                raise ValueError("--trace-steps needs --trace")
+            try:
+                parse_steps(self.trace_steps)
+            except ValueError as e:
+                raise ValueError(f"--trace-steps {e}") from None
         return self
 
     def check_data(self) -> None:
@@ -108,7 +129,7 @@ class Config:
 
         Only the process that writes them checks: a worker on another machine has none of these paths.
         """
-        for flag, path in (("--save", self.save), ("--metrics", self.metrics)):
+        for flag, path in (("--save", self.save), ("--metrics", self.metrics), ("--trace", self.trace)):
             check_writable(path, flag)
         if self.checkpoint_dir:
             folder = os.path.abspath(self.checkpoint_dir)

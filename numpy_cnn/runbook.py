@@ -3,8 +3,8 @@
 It knows where the run starts (step 0, or a checkpoint's step and place in the data order),
 which batches each epoch still has to train (`--max-steps` may end the run early), when a
 checkpoint is due (every `--checkpoint-every` steps and at each epoch end, never twice for one
-step), keeps the per-epoch records, appending them to `--metrics` (to the old file when
-resuming) after a line with the run's settings, and writes the final weights, somewhere safe
+step), keeps the per-epoch records, appending them (and --log-every's step lines) to `--metrics` (to
+the old file when resuming) after a line with the run's settings, and writes the final weights, somewhere safe
 even when `--save` fails. The caller does the steps themselves and tells the book about each one.
 """
 
@@ -83,8 +83,12 @@ class RunBook:
         if self.config.checkpoint_dir:
             self.save(epoch, next_index)
         self.history.append(record)
+        self.write("epoch", record)
+
+    def write(self, kind: str, record: dict) -> None:
+        """Append {"type": kind, **record} to --metrics, if there is one (also a StepLog's lines)."""
         if self.metrics:
-            self.metrics.write(json.dumps({"type": "epoch", **record}) + "\n")
+            self.metrics.write(json.dumps({"type": kind, **record}) + "\n")
             self.metrics.flush()
 
     def save(self, epoch: int, next_index: int) -> None:
