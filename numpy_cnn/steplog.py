@@ -8,7 +8,8 @@ run's step count is a multiple of it) it hands `write` one record:
 loss and train_acc are over the samples of those `steps` steps, lr is the last one's rate. `launch`
 adds the split of a step, means in ms: step_ms = compute_ms + comm_ms + update_ms, and
 exposed_comm_ms (the part of comm in which no worker computed; null when a worker's clock is not
-the server's). A run that ends between two multiples writes the rest at its end. A resumed run
+the server's). The trainers flush it at the end of each epoch, before the epoch's line, so a
+line never spans two epochs and the last steps of a run are never left out. A resumed run
 counts from its checkpoint's step, so its first line may cover fewer steps (`steps` says how
 many); the earlier run's lines after that step are superseded (numpy_cnn/records.py).
 """
@@ -61,7 +62,7 @@ class StepLog:
             self.flush()
 
     def flush(self) -> None:
-        """Write the steps not yet written, if any (the end of a run)."""
+        """Write the steps not yet written, if any (the end of an epoch)."""
         if self.last is None:
             return
         step, epoch, lr = self.last

@@ -87,9 +87,9 @@ def train(
                 seconds,
                 seen,
             )
+            steps.flush()  # a step line never spans two epochs
             book.end_epoch(epoch, indices.stop, record)
             log(format_record(record, config.n_epochs))
-        steps.flush()  # the steps since the last multiple of --log-every
     finally:
         step_fn.close()
         book.close()
