@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -78,7 +79,7 @@ class DataNotFound(RuntimeError):
 
 @dataclass(frozen=True)
 class Split:
-    """One split: uint8 images (N, 28, 28), kept small until a batch is made, and int64 labels."""
+    """One split: samples (N, ...), uint8 kept small until a batch is made, and int64 labels."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -93,6 +94,8 @@ class MNIST:
 
     train: Split
     test: Split
+    sample_shape: ClassVar[tuple[int, ...]] = (1, 28, 28)  # one sample as a model takes it
+    classes: ClassVar[int] = 10
 
 
 def check_dataset(name: str) -> str:
