@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from . import checkpoint
 from .config import DEFAULT_SHARDS, DEFAULT_SHIFT, Config
-from .data.mnist import DATASETS, describe_source
+from .data.datasets import describe_source
 from .models import DEFAULT_EPOCHS, MODELS
 from .schedules import SCHEDULES
 
@@ -92,9 +92,11 @@ def add_arguments(
     )
     parser.add_argument(
         "--dataset",
-        choices=sorted(DATASETS),
+        metavar="NAME|PATH",
         default="mnist",
-        help="mnist, or the drop-in fashion-mnist (default: %(default)s)",
+        help="mnist, the drop-in fashion-mnist, or your own: a .npz file with x_train, y_train, x_test, "
+        "y_test, or a folder of those four .npy files (memory-mapped) or of IDX files in MNIST's "
+        "layout (default: %(default)s)",
     )
     parser.add_argument(
         "--data-dir",

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 from . import checkpoint
-from .data.mnist import FILES, DataNotFound, check_dataset, given_dir
-from .models import DEFAULT_EPOCHS, check_name
+from .data import datasets
+from .data.mnist import FILES, DataNotFound, given_dir
+from .models import DEFAULT_EPOCHS, MODELS, build, check_name, input_shape
 from .schedules import SCHEDULES
 from .trace import DEFAULT_STEPS, parse_steps
 
@@ -76,7 +80,8 @@ class Config:
     def check(self) -> Config:
         """Raise ValueError naming the first flag whose value makes this run impossible."""
         check_name(self.model)
-        check_dataset(self.dataset)
+        if not self.dataset:  # a path is read by check_data, where the data is: not on every machine
+            raise ValueError("--dataset must name a built-in data set or a path, got ''")
         for flag, value in (
             ("--epochs", self.epochs),
             ("--shards", self.shards),
@@ -115,8 +120,15 @@ class Config:
         return self
 
     def check_data(self) -> None:
-        """Raise ValueError if --data-dir or NUMPY_CNN_DATA names a folder without the data: it is
-        the only place looked at, so a wrong one ends the run before it starts."""
+        """Raise ValueError if the data cannot be trained on, before the run starts: your own data
+        set is read and checked, and its path made absolute (workers may start in another folder);
+        a folder named by --data-dir or NUMPY_CNN_DATA must hold a built-in set's files, as it is
+        the only place looked at."""
+        data = datasets.check(self.dataset, self.data_dir, self.max_shift)
+        if data is not None:
+            self.dataset = data.path
+            check_fits(self.model, data)
+            return
         given = given_dir(self.data_dir)
         if given is not None:
             try:
@@ -152,6 +164,23 @@ class Config:
                 checkpoint.check_resumable(checkpoint.latest(self.resume).meta, self.identity())
             except checkpoint.CheckpointError as e:
                 raise ValueError(f"--resume {self.resume}: {e}") from None
+
+
+def check_fits(model: str, data: datasets.DataSet) -> None:
+    """Raise ValueError if built-in `model` cannot take the data's samples, or has too few outputs."""
+    if model not in MODELS:
+        return
+    shape = input_shape(model)  # fc-net flattens any 784 values; conv-net needs (1, 28, 28)
+    if math.prod(shape) != math.prod(data.sample_shape) or (len(shape) > 1 and shape != data.sample_shape):
+        raise ValueError(
+            f"--dataset {data.path}: samples of shape {data.sample_shape}, but {model} takes {shape}"
+        )
+    outputs = build(model).forward(np.zeros((1, *shape), np.float32)).shape[1]
+    if data.classes > outputs:
+        raise ValueError(
+            f"--dataset {data.path}: {data.classes} classes (labels up to {data.classes - 1}), but "
+            f"{model} has {outputs} outputs"
+        )
 
 
 def check_writable(path: str | None, flag: str) -> None:
