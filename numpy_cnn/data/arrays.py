@@ -28,7 +28,7 @@ IDX_FILES = dict(zip(NAMES, FILES))  # x_train: train-images-idx3-ubyte, ...
 SAMPLE_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32))
 NPZ, NPY, IDX = "a .npz file", "a folder of .npy files, memory-mapped", "a folder of IDX files"
 # the content pass reads this much at a time, so a set larger than memory streams through
-CHUNK_BYTES = 1 << 26
+CHUNK_BYTES = 1 << 24
 
 
 class DataError(ValueError):
