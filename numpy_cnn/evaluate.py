@@ -12,8 +12,8 @@ import sys
 import numpy as np
 
 from .cli import Parser
-from .data import load, to_float
-from .data.mnist import DATASETS, DataNotFound, IDXError
+from .data import DataError, load, to_float
+from .data.mnist import DataNotFound, IDXError
 from .models import MODELS, input_shape
 from .net import Net
 from .saved import SavedModelError, load_model
@@ -63,9 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--dataset",
-        choices=sorted(DATASETS),
+        metavar="NAME|PATH",
         default=None,
-        help="the test set to use (default: the one the model was trained on, else mnist)",
+        help="the test set to use: a built-in name or your own data set, as for training (default: "
+        "the one the model was trained on, else mnist)",
     )
     parser.add_argument(
         "--data-dir", default=None, help="as for training (default: $NUMPY_CNN_DATA, the cache)"
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = args.dataset or saved.meta.get("dataset") or "mnist"
     try:
         test = load(dataset, args.data_dir).test
-    except (DataNotFound, IDXError, OSError) as e:
+    except (DataNotFound, IDXError, OSError, DataError) as e:
         print(f"python -m numpy_cnn.evaluate: error: {e}", file=sys.stderr)
         return 1
     shape = tuple(saved.meta.get("sample_shape") or input_shape(args.model or saved.model))

@@ -48,8 +48,9 @@ def learnable(tmp_path_factory) -> Path:
 
 
 def weights(path: Path) -> dict[str, bytes]:
+    """The arrays of a --save file, without its metadata (which names the data set's path)."""
     with np.load(path) as f:
-        return {k: f[k].tobytes() for k in f.files}
+        return {k: f[k].tobytes() for k in f.files if k != "meta"}
 
 
 def test_serial_training_and_launch_learn_your_own_data_with_the_same_bits(learnable, tmp_path):
@@ -74,6 +75,10 @@ def test_serial_training_and_launch_learn_your_own_data_with_the_same_bits(learn
         assert lines[0]["dataset"] == str(learnable / dataset)
         # 20 steps of fc-net find the ten patterns under the noise (0.995 to 1.0 for seeds 0 to 2)
         assert lines[-1]["epoch"] == 2 and lines[-1]["test_acc"] >= 0.95, name
+    # the saved file names the data set by its absolute path: evaluate finds it from anywhere
+    evaluated = run([sys.executable, "-m", "numpy_cnn.evaluate", "serial.npz", "--json"], cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["accuracy"] == lines[-1]["test_acc"]
 
 
 def test_shifts_move_images_with_a_channel_axis_as_without(tmp_path):
