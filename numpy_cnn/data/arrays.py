@@ -14,6 +14,7 @@ import math
 import os
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
         for name in NAMES:
             try:
                 arrays[name] = f[name]
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
                 raise DataError(f"{path}: cannot read {name} ({e})") from None
     return arrays
 
