@@ -15,10 +15,12 @@ import numpy as np
 
 from numpy_cnn.data import MNIST, global_batch, load, steps_per_epoch
 from numpy_cnn.metrics import epoch_record, evaluate, format_record
-from numpy_cnn.models import build, input_shape
+from numpy_cnn.models import build, input_shape, outputs
 from numpy_cnn.optim import Adam
 from numpy_cnn.runbook import RunBook
 from numpy_cnn.shards import Node
+from numpy_cnn.steplog import StepLog
+from numpy_cnn.trace import OFF
 
 from . import agreement, protocol
 from .config import JobConfig
@@ -27,6 +29,7 @@ from .members import DEBUGGER_HINT, Member, WorkerLost
 from .protocol import HEARTBEATS_PER_TIMEOUT, Message, ProtocolError
 from .ranks import plan, share
 from .stats import EpochStats, boot_id, format_timing
+from .tracing import SERVER, process_trace, traced_events
 from .transport import Transport
 
 log = logging.getLogger("numpy_cnn.distributed.server")
@@ -73,6 +76,7 @@ class ParameterServer:
         self.log = log
         self.rejected = 0
         self.lost = 0  # workers dropped so far
+        self.trace = OFF  # --trace: run() makes the real one
 
     @property
     def total_steps(self) -> int:
@@ -304,6 +308,7 @@ class ParameterServer:
         )
         start, began = time.perf_counter(), time.monotonic()
         self.batch = (epoch, index)
+        self.trace.phase("send parameters")
         ready = self.ready_ranks()
         work = plan(ready, config.workers, config.shards) if ready else {}
         self.ledger.start(n, work)
@@ -316,8 +321,10 @@ class ParameterServer:
         for rank, nodes in work.items():
             if rank in self.members:  # an earlier send in this loop may have found it gone
                 self._send_params(rank, nodes)
+        self.trace.phase("receive gradients")
         self._serve(lambda: self.ledger.complete)
         waited = time.perf_counter()
+        self.trace.phase("sum")
         gradient = self.ledger.gradient()
         answers = self.ledger.answers
         if not all(np.isfinite(g).all() for g in gradient):  # a NaN or Inf anywhere reaches the root
@@ -326,6 +333,7 @@ class ParameterServer:
             raise FloatingPointError(f"step {self.step}: worker(s) {bad} sent non-finite gradients")
         for p, g in zip(self.params, gradient):
             p.grad = g
+        self.trace.phase("Adam")
         self.optimizer.lr = config.lr_at(self.step, self.per_epoch)
         self.optimizer.update()
         self.step += 1
@@ -355,7 +363,11 @@ class ParameterServer:
     def run(self) -> list[dict]:
         """Register the workers and train for the configured epochs; returns one record per epoch."""
         config = self.config
-        book = RunBook(config, self.net, self.optimizer, self.per_epoch, self.log)
+        self.trace = process_trace(config, "server", SERVER, "server")
+        self.events = traced_events(self.trace, self.events)
+        classes = outputs(config.model, self.data)
+        book = RunBook(config, self.net, self.optimizer, self.per_epoch, self.log, self.shape, classes)
+        steps = StepLog(config.log_every, lambda record: book.write("step", record))
         self.step = self.version = book.step
         if book.resumed_from is not None:
             self.events({"event": "resumed", "step": book.step, "checkpoint": str(book.resumed_from)})
@@ -367,22 +379,23 @@ class ParameterServer:
                 stats = EpochStats()
                 start = time.perf_counter()
                 for index in indices:
-                    self.train_step(epoch, index, stats)
+                    before = stats.totals()
+                    self.trace.at_step(self.step + 1)
+                    with self.trace.span("step", step=self.step + 1):
+                        self.train_step(epoch, index, stats)
                     book.stepped(self.step, epoch, index + 1)
+                    lr = config.lr_at(self.step - 1, self.per_epoch)
+                    steps.add(self.step, epoch + 1, lr, **stats.since(before))
                     if time.monotonic() - last_event > 0.2 or index == indices.stop - 1:
                         last_event = time.monotonic()
                         self.events({"event": "step", "step": self.step, "epoch": epoch + 1})
                 seconds = time.perf_counter() - start
-                record = epoch_record(
-                    epoch + 1,
-                    self.step,
-                    stats.loss / max(stats.samples, 1),
-                    stats.correct / max(stats.samples, 1),
-                    evaluate(self.net, self.data.test, self.shape, between=self.keep_alive),
-                    seconds,
-                    stats.samples,
-                )
+                with self.trace.span("evaluate", always=True, epoch=epoch + 1):
+                    test_acc = evaluate(self.net, self.data.test, self.shape, between=self.keep_alive)
+                loss, train_acc = stats.loss / max(stats.samples, 1), stats.correct / max(stats.samples, 1)
+                record = epoch_record(epoch + 1, self.step, loss, train_acc, test_acc, seconds, stats.samples)
                 record.update(stats.timing())
+                steps.flush()  # a step line never spans two epochs
                 book.end_epoch(epoch, indices.stop, record)
                 self.log(format_record(record, config.n_epochs) + "  " + format_timing(record))
                 self.events({"event": "epoch", "record": record})
@@ -395,6 +408,7 @@ class ParameterServer:
         finally:
             book.close()
             self.stop_workers(reason)  # on errors too: workers need not wait to time out
+            self.trace.save()  # the launcher merges it with the other processes' parts
         self.events({"event": "trained", "step": self.step})  # a failure from here on loses no training
         book.save_weights()
         if self.rejected:

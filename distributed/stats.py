@@ -34,6 +34,22 @@ class EpochStats:
             "bytes_per_step": round(self.bytes / n),
         }
 
+    def totals(self) -> tuple:
+        """The sums so far, for `since`."""
+        return (self.samples, self.loss, self.correct, self.compute, self.comm, self.update, self.exposed)
+
+    def since(self, before: tuple) -> dict:
+        """What the steps since `totals()` returned `before` added: StepLog.add's keyword arguments."""
+        now = self.totals()
+        samples, loss, correct, compute, comm, update, exposed = (a - b for a, b in zip(now, before))
+        return {
+            "loss": loss,
+            "correct": correct,
+            "samples": samples,
+            "split": {"compute": compute, "comm": comm, "update": update},
+            "exposed": exposed if self.exposed_known else None,
+        }
+
     def add_exposed(self, start: float, end: float, intervals: list[tuple[float, float]] | None) -> None:
         """Add the time in [start, end] that no interval covers (None: the clocks are unknown)."""
         if intervals is None:

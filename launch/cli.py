@@ -26,6 +26,7 @@ from numpy_cnn.distributed.protocol import ProtocolError
 from . import cluster
 from .progress import Progress
 from .supervisor import Job
+from .tracefile import clear_parts, collect_trace
 
 DEFAULT_BIND = "tcp://127.0.0.1:*"  # one machine: loopback, any free port
 
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser,
         metrics_keys=", and per step: step_ms, compute_ms, comm_ms, update_ms, bytes_per_step",
         shards=4,
+        step_keys=", and per step: step_ms, compute_ms, comm_ms, exposed_comm_ms, update_ms",
     )
     group = parser.add_argument_group("data parallelism")
     group.add_argument(
@@ -272,6 +274,7 @@ def run_single_process(config: JobConfig) -> int:
     # one BLAS thread, as each worker process has: the same bits as the multiprocess run
     threadpool_limits(1)
     started, server = time.monotonic(), None
+    clear_parts(config)
     try:
         server = in_process_server(config, events=progress.event, log=progress.write)
         progress.start(server.total_steps)
@@ -292,6 +295,7 @@ def run_single_process(config: JobConfig) -> int:
         print(f"launch: error: {e}", file=sys.stderr)
         return 1
     finally:
+        collect_trace(config, say=lambda line: progress.write(f"launch: {line}"))
         progress.close()
     print(f"launch: {summary(config, history, time.monotonic() - started)}", flush=True)
     return 0

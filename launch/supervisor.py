@@ -23,10 +23,12 @@ from numpy_cnn import checkpoint
 from numpy_cnn.cli import resume_hint, summary
 from numpy_cnn.distributed.config import JobConfig
 from numpy_cnn.distributed.keys import TemporaryKeys
+from numpy_cnn.distributed.tracing import LAUNCHER, process_trace
 from numpy_cnn.distributed.worker import EXIT_REFUSED, EXIT_SERVER_SILENT
 
 from .children import Child, signal_group
 from .progress import Progress
+from .tracefile import clear_parts, collect_trace
 
 STOP_GRACE_S = 3.0  # SIGTERM, then SIGKILL after this long
 FINISH_GRACE_S = 10.0  # after the server is done, the workers have this long to exit
@@ -84,6 +86,7 @@ class Job:
         self.phase = "starting"  # then "training" (from the first step on), then "trained"
         self.error = ""  # why the job failed, as its last "launch: error:" line says
         self.started = time.monotonic()
+        self.trace = process_trace(config, "launcher", LAUNCHER, "launcher")  # restarts, as instants
 
     def say(self, message: str) -> None:
         self.progress.write(f"launch: {message}")
@@ -104,6 +107,8 @@ class Job:
             return self._stopped(143)
         finally:
             self.stop_all()
+            if self.connect is None:  # the server's node: every process's part of --trace, in one file
+                collect_trace(self.config, self.trace, self.say)
             self.progress.close()
             signal.signal(signal.SIGTERM, previous)
 
@@ -140,6 +145,7 @@ class Job:
     def _run(self) -> int:
         if self.connect is not None:
             return self._run_workers_only()
+        clear_parts(self.config)  # an earlier run's, which would be merged into this one's trace
         if not (self.ipc and self.local_workers):
             return self._run_with([])
         with tempfile.TemporaryDirectory(prefix="numpy-cnn-ipc-") as folder:  # mode 0700
@@ -258,6 +264,7 @@ class Job:
         self.restarts += 1
         limit = f"({self.restarts} of --max-restarts {self.config.max_restarts})"
         self.say(f"server (pid {server.pid}) {what} restarting it from checkpoint {name} {limit}")
+        self.trace.instant("server restarted", checkpoint=name)
         if server.process.poll() is None:  # stuck
             signal_group(server, signal.SIGKILL)
             server.process.wait()
@@ -308,6 +315,7 @@ class Job:
         if self.restarts < self.config.max_restarts:
             self.restarts += 1
             self.say(f"{what}; restarting it ({self.restarts} of --max-restarts {self.config.max_restarts})")
+            self.trace.instant("worker restarted", rank=rank, why=child.describe_exit())
             self._start_worker(rank)
             return True
         self.say(f"{what}; no restarts left (--max-restarts {self.config.max_restarts}), the others carry on")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from . import checkpoint
 from .config import DEFAULT_SHARDS, DEFAULT_SHIFT, OWN_MODEL, Config
-from .data.mnist import DATASETS, describe_source
+from .data.datasets import describe_source
 from .model_ref import SYNTAX
 from .models import DEFAULT_EPOCHS, MODELS
 from .schedules import SCHEDULES
@@ -45,8 +45,11 @@ def positive_float(text: str) -> float:
     return value
 
 
-def add_arguments(parser: argparse.ArgumentParser, metrics_keys: str = "", shards: int | None = None) -> None:
-    """The training flags; distributed training takes the same ones (and adds `metrics_keys`)."""
+def add_arguments(
+    parser: argparse.ArgumentParser, metrics_keys: str = "", shards: int | None = None, step_keys: str = ""
+) -> None:
+    """The training flags; distributed training takes the same ones (and adds `metrics_keys` to the
+    epoch lines' keys and `step_keys` to the step lines')."""
     parser.add_argument(
         "model",
         metavar="MODEL",
@@ -94,9 +97,11 @@ def add_arguments(parser: argparse.ArgumentParser, metrics_keys: str = "", shard
     )
     parser.add_argument(
         "--dataset",
-        choices=sorted(DATASETS),
+        metavar="NAME|PATH",
         default="mnist",
-        help="mnist, or the drop-in fashion-mnist (default: %(default)s)",
+        help="mnist, the drop-in fashion-mnist, or your own: a .npz file with x_train, y_train, x_test, "
+        "y_test, or a folder of those four .npy files (memory-mapped) or of IDX files in MNIST's "
+        "layout (default: %(default)s)",
     )
     parser.add_argument(
         "--data-dir",
@@ -108,7 +113,8 @@ def add_arguments(parser: argparse.ArgumentParser, metrics_keys: str = "", shard
         "--save",
         metavar="PATH.npz",
         default=None,
-        help="write the final weights here, one array per parameter",
+        help="write the final weights here, one array per parameter, and what they are (model, "
+        "sample shape, classes: python -m numpy_cnn.evaluate PATH.npz needs nothing else)",
     )
     parser.add_argument(
         "--metrics",
@@ -117,6 +123,28 @@ def add_arguments(parser: argparse.ArgumentParser, metrics_keys: str = "", shard
         help='write JSON lines: first the run\'s settings ({"type": "config", ...}), then one per epoch '
         '({"type": "epoch", ...}): epoch, step, loss, train_acc, test_acc, seconds, samples_per_s'
         + metrics_keys,
+    )
+    parser.add_argument(
+        "--log-every",
+        metavar="STEPS",
+        type=positive_int,
+        default=None,
+        help='also write a line to --metrics every STEPS optimizer steps ({"type": "step", ...}): step, '
+        "epoch, loss and train_acc of those steps, lr" + step_keys,
+    )
+    parser.add_argument(
+        "--trace",
+        metavar="PATH.json",
+        default=None,
+        help="write a Chrome trace-event file of where the time goes (open it in ui.perfetto.dev or "
+        "chrome://tracing)",
+    )
+    parser.add_argument(
+        "--trace-steps",
+        metavar="FIRST:LAST",
+        default=None,
+        help="the optimizer steps --trace records, counted from 1 as in --metrics; 100: means from step "
+        "100 to the end (default: 1:50). Evaluations and events such as a lost worker are always kept",
     )
     parser.add_argument(
         "--shards",
@@ -161,6 +189,14 @@ def add_arguments(parser: argparse.ArgumentParser, metrics_keys: str = "", shard
         default=None,
         help="continue from the newest valid checkpoint in DIR; the result is bitwise that of an "
         "uninterrupted run",
+    )
+    parser.add_argument(
+        "--init-from",
+        metavar="FILE",
+        default=None,
+        help="start from the weights in FILE (a --save file or a checkpoint) instead of random ones, "
+        "with a fresh optimizer: fine-tuning, or more epochs after a finished run (ignored with "
+        "--resume, whose checkpoint has the weights)",
     )
     parser.add_argument(
         "--dtype",

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 from . import checkpoint
-from .data.mnist import FILES, DataNotFound, check_dataset, given_dir
+from .data import datasets
+from .data.mnist import FILES, DataNotFound, given_dir
 from .model_ref import canonical
-from .models import DEFAULT_EPOCHS, check_importable, check_name
+from .models import DEFAULT_EPOCHS, MODELS, build, check_importable, check_name, input_shape, needs_data
 from .schedules import SCHEDULES
+from .trace import DEFAULT_STEPS, parse_steps
 
 # Measured on 2 cores (benchmarks/speed.py): the conv-net's elementwise layers are single-threaded in
 # NumPy, so two shards on two threads beat one batch on two BLAS threads by about 1.3x; the fc-net
@@ -45,6 +50,10 @@ class Config:
     checkpoint_dir: str | None = None
     checkpoint_every: int | None = None  # steps; checkpoints are also written at every epoch end
     resume: str | None = None  # a checkpoint folder to continue from
+    init_from: str | None = None  # a --save file or checkpoint whose weights a new run starts from
+    log_every: int | None = None  # steps: a "step" line in --metrics every this many optimizer steps
+    trace: str | None = None  # write a Chrome trace-event file (Perfetto, chrome://tracing) here
+    trace_steps: str | None = None  # FIRST:LAST, the steps --trace records (None: trace.DEFAULT_STEPS)
 
     def __post_init__(self) -> None:
         # a PATH.py:FUNCTION as an absolute path: what checkpoints record, and what workers import
@@ -65,6 +74,11 @@ class Config:
         return self.shards if self.shards is not None else DEFAULT_SHARDS.get(self.model, OWN_MODEL["shards"])
 
     @property
+    def trace_range(self) -> tuple[int, int | None]:
+        """(first, last or None) of the optimizer steps (1-based) that --trace records."""
+        return DEFAULT_STEPS if self.trace_steps is None else parse_steps(self.trace_steps)
+
+    @property
     def n_epochs(self) -> int:
         return self.epochs if self.epochs is not None else DEFAULT_EPOCHS.get(self.model, OWN_MODEL["epochs"])
 
@@ -75,7 +89,8 @@ class Config:
     def check(self) -> Config:
         """Raise ValueError naming the first flag whose value makes this run impossible."""
         check_name(self.model)
-        check_dataset(self.dataset)
+        if not self.dataset:  # a path is read by check_data, where the data is: not on every machine
+            raise ValueError("--dataset must name a built-in data set or a path, got ''")
         for flag, value in (
             ("--epochs", self.epochs),
             ("--shards", self.shards),
@@ -99,6 +114,18 @@ class Config:
             raise ValueError(f"--dtype must be float32 or float64, got {self.dtype!r}")
         if self.checkpoint_every is not None and not self.checkpoint_dir:
             raise ValueError("--checkpoint-every needs --checkpoint-dir")
+        if self.log_every is not None and (self.log_every < 1 or not self.metrics):
+            raise ValueError(
+                f"--log-every must be a positive integer and needs --metrics, got {self.log_every} "
+                f"with --metrics {self.metrics}"
+            )
+        if self.trace_steps is not None:
+            if not self.trace:
+                raise ValueError("--trace-steps needs --trace")
+            try:
+                parse_steps(self.trace_steps)
+            except ValueError as e:
+                raise ValueError(f"--trace-steps {e}") from None
         return self
 
     def check_model(self) -> None:
@@ -107,8 +134,15 @@ class Config:
         check_importable(self.model)
 
     def check_data(self) -> None:
-        """Raise ValueError if --data-dir or NUMPY_CNN_DATA names a folder without the data: it is
-        the only place looked at, so a wrong one ends the run before it starts."""
+        """Raise ValueError if the data cannot be trained on, before the run starts: your own data
+        set is read and checked, and its path made absolute (workers may start in another folder);
+        a folder named by --data-dir or NUMPY_CNN_DATA must hold a built-in set's files, as it is
+        the only place looked at."""
+        data = datasets.check(self.dataset, self.data_dir, self.max_shift)
+        if data is not None:
+            self.dataset = data.path
+            check_fits(self.model, data)
+            return
         given = given_dir(self.data_dir)
         if given is not None:
             try:
@@ -121,7 +155,7 @@ class Config:
 
         Only the process that writes them checks: a worker on another machine has none of these paths.
         """
-        for flag, path in (("--save", self.save), ("--metrics", self.metrics)):
+        for flag, path in (("--save", self.save), ("--metrics", self.metrics), ("--trace", self.trace)):
             check_writable(path, flag)
         if self.checkpoint_dir:
             folder = os.path.abspath(self.checkpoint_dir)
@@ -137,11 +171,30 @@ class Config:
                     f"--checkpoint-dir {self.checkpoint_dir} already holds checkpoints: pass "
                     f"--resume {self.checkpoint_dir} to continue them, or choose another folder"
                 )
+        if self.init_from and not self.resume:  # resuming, the checkpoint has the weights
+            check_init_from(self)
         if self.resume:
             try:
                 checkpoint.check_resumable(checkpoint.latest(self.resume).meta, self.identity())
             except checkpoint.CheckpointError as e:
                 raise ValueError(f"--resume {self.resume}: {e}") from None
+
+
+def check_fits(model: str, data: datasets.DataSet) -> None:
+    """Raise ValueError if built-in `model` cannot take the data's samples, or has too few outputs."""
+    if model not in MODELS:
+        return
+    shape = input_shape(model)  # fc-net flattens any 784 values; conv-net needs (1, 28, 28)
+    if math.prod(shape) != math.prod(data.sample_shape) or (len(shape) > 1 and shape != data.sample_shape):
+        raise ValueError(
+            f"--dataset {data.path}: samples of shape {data.sample_shape}, but {model} takes {shape}"
+        )
+    outputs = build(model).forward(np.zeros((1, *shape), np.float32)).shape[1]
+    if data.classes > outputs:
+        raise ValueError(
+            f"--dataset {data.path}: {data.classes} classes (labels up to {data.classes - 1}), but "
+            f"{model} has {outputs} outputs"
+        )
 
 
 def check_writable(path: str | None, flag: str) -> None:
@@ -152,3 +205,15 @@ def check_writable(path: str | None, flag: str) -> None:
         raise ValueError(f"{flag} {path}: folder {directory} does not exist or is not writable")
     if os.path.isdir(path):
         raise ValueError(f"{flag} {path}: is a folder")
+
+
+def check_init_from(config: Config) -> None:
+    """Raise ValueError unless --init-from names weights that fit `config.model`."""
+    from .models import build
+    from .saved import SavedModelError, load_into
+
+    try:
+        data = datasets.load(config.dataset, config.data_dir) if needs_data(config.model) else None
+        load_into(build(config.model, dtype=config.dtype, data=data), config.init_from)
+    except SavedModelError as e:
+        raise ValueError(f"--init-from {e}") from None

@@ -1,5 +1,8 @@
-"""`python -m numpy_cnn.evaluate WEIGHTS.npz --model MODEL`: a saved model's test accuracy, its
-accuracy per class and the confusion matrix (rows: the true class, columns: the predicted one)."""
+"""`python -m numpy_cnn.evaluate WEIGHTS.npz`: a saved model's test accuracy, its accuracy per class
+and the confusion matrix (rows: the true class, columns: the predicted one).
+
+WEIGHTS.npz is a --save file or a checkpoint: either says which model it holds and what it was
+trained on; a --save file from before that metadata needs --model."""
 
 from __future__ import annotations
 
@@ -9,10 +12,12 @@ import sys
 import numpy as np
 
 from .cli import Parser
-from .data import load, to_float
-from .data.mnist import DATASETS, DataNotFound, IDXError
-from .models import MODELS, build, input_shape
+from .data import DataError, load, to_float
+from .data.mnist import DataNotFound, IDXError
+from .model_ref import SYNTAX, canonical
+from .models import MODELS, input_shape
 from .net import Net
+from .saved import SavedModelError, load_model
 
 
 def confusion(
@@ -50,27 +55,38 @@ def main(argv: list[str] | None = None) -> int:
     parser = Parser(
         prog="python -m numpy_cnn.evaluate", description=__doc__.splitlines()[0].split(": ", 1)[1]
     )
-    parser.add_argument("weights", metavar="WEIGHTS.npz", help="a file written by --save")
+    parser.add_argument("weights", metavar="WEIGHTS.npz", help="a file written by --save, or a checkpoint")
     parser.add_argument(
-        "--model", choices=sorted(MODELS), required=True, help="the model the weights are for"
+        "--model",
+        type=canonical,
+        default=None,
+        help=f"the model the weights are for: {' or '.join(sorted(MODELS))}, or your own as {SYNTAX} "
+        "(default: the one the file names)",
     )
-    parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist", help="(default: %(default)s)")
+    parser.add_argument(
+        "--dataset",
+        metavar="NAME|PATH",
+        default=None,
+        help="the test set to use: a built-in name or your own data set, as for training (default: "
+        "the one the model was trained on, else mnist)",
+    )
     parser.add_argument(
         "--data-dir", default=None, help="as for training (default: $NUMPY_CNN_DATA, the cache)"
     )
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object instead")
     args = parser.parse_args(argv)
-    net = build(args.model)
     try:
-        net.load(args.weights)
-    except (OSError, ValueError, KeyError) as e:  # a missing, damaged or other model's file
-        parser.error(f"{args.weights}: cannot load it as {args.model} weights: {e}")
+        net, saved = load_model(args.weights, args.model)
+    except SavedModelError as e:  # a missing, damaged or other model's file, or one that needs --model
+        parser.error(str(e))
+    dataset = args.dataset or saved.meta.get("dataset") or "mnist"
     try:
-        test = load(args.dataset, args.data_dir).test
-    except (DataNotFound, IDXError, OSError) as e:
+        test = load(dataset, args.data_dir).test
+    except (DataNotFound, IDXError, OSError, DataError) as e:
         print(f"python -m numpy_cnn.evaluate: error: {e}", file=sys.stderr)
         return 1
-    result = report(confusion(net, test.images, test.labels, input_shape(args.model), 10))
+    shape = tuple(saved.meta.get("sample_shape") or input_shape(args.model or saved.model))
+    result = report(confusion(net, test.images, test.labels, shape, saved.meta.get("classes", 10)))
     print(json.dumps(result) if args.json else format_report(result, args.weights))
     return 0
 

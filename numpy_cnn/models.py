@@ -101,6 +101,16 @@ def build(name: str, seed: int = 0, dtype: DTypeLike | None = None, data=None) -
         return net
 
 
+def outputs(name: str, data=None) -> int:
+    """Scores the model gives per sample: 10 for the built-in ones, one per class for your own."""
+    return 10 if name in MODELS else _shape_of(name, data)[1]
+
+
+def needs_data(name: str) -> bool:
+    """Whether building `name` needs the data's sample shape and class count (your own model does)."""
+    return name not in MODELS
+
+
 def input_shape(name: str, data=None) -> tuple[int, ...]:
     """Shape of one sample as the model takes it, e.g. (1, 28, 28) for conv-net; your own model
     takes the data's `sample_shape`."""

@@ -91,9 +91,10 @@ class Net:
         atomic_savez(path, {k: p.data for k, p in self.named_parameters().items()})
 
     def load(self, path: str | os.PathLike) -> None:
-        """Copy the arrays of a .npz written by `save` into this net's parameters, in place."""
+        """Copy the arrays of a .npz written by `save` (or --save) into this net's parameters, in
+        place; a --save file's metadata is skipped (numpy_cnn/saved.py reads it)."""
         with np.load(path, allow_pickle=False) as f:
-            self.load_arrays({k: f[k] for k in f.files}, str(path))
+            self.load_arrays({k: f[k] for k in f.files if k != "meta"}, str(path))
 
     def load_arrays(self, arrays: dict[str, np.ndarray], source: str = "arrays") -> None:
         """Copy {'{i}.weight': array, ...} into this net's parameters, in place, after checking them."""

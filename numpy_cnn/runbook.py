@@ -3,8 +3,8 @@
 It knows where the run starts (step 0, or a checkpoint's step and place in the data order),
 which batches each epoch still has to train (`--max-steps` may end the run early), when a
 checkpoint is due (every `--checkpoint-every` steps and at each epoch end, never twice for one
-step), keeps the per-epoch records, appending them to `--metrics` (to the old file when
-resuming) after a line with the run's settings, and writes the final weights, somewhere safe
+step), keeps the per-epoch records, appending them (and --log-every's step lines) to `--metrics` (to
+the old file when resuming) after a line with the run's settings, and writes the final weights, somewhere safe
 even when `--save` fails. The caller does the steps themselves and tells the book about each one.
 """
 
@@ -17,12 +17,25 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from . import checkpoint
+from . import checkpoint, saved
+from .models import input_shape
 
 
 class RunBook:
-    def __init__(self, config, net, optimizer, per_epoch: int, log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        config,
+        net,
+        optimizer,
+        per_epoch: int,
+        log: Callable[[str], None] = print,
+        sample_shape: tuple[int, ...] | None = None,
+        classes: int = 10,
+    ) -> None:
         self.config, self.net, self.optimizer, self.per_epoch = config, net, optimizer, per_epoch
+        # what the --save file says it holds (numpy_cnn/saved.py)
+        self.sample_shape = sample_shape if sample_shape is not None else input_shape(config.model)
+        self.classes = classes
         self.step = 0  # optimizer steps taken
         self.start: tuple[int, int] = (0, 0)  # (epoch, batch index) of the first batch to train
         self.resumed_from: Path | None = None
@@ -32,6 +45,9 @@ class RunBook:
             )
             self.step, self.start = step, (epoch, index)
             log(f"resumed from {self.resumed_from} at step {step} (epoch {epoch + 1}, batch {index})")
+        elif config.init_from:  # a new run from saved weights; the optimizer starts afresh
+            step = saved.load_into(net, config.init_from).meta.get("step")
+            log(f"initial weights from {config.init_from}" + (f" (step {step})" if step is not None else ""))
         self.saved = self.step  # the step of the newest checkpoint: never write the same one twice
         self.position = self.start  # (epoch, index) of the next batch to train
         self.history: list[dict] = []
@@ -67,8 +83,12 @@ class RunBook:
         if self.config.checkpoint_dir:
             self.save(epoch, next_index)
         self.history.append(record)
+        self.write("epoch", record)
+
+    def write(self, kind: str, record: dict) -> None:
+        """Append {"type": kind, **record} to --metrics, if there is one (also a StepLog's lines)."""
         if self.metrics:
-            self.metrics.write(json.dumps({"type": "epoch", **record}) + "\n")
+            self.metrics.write(json.dumps({"type": kind, **record}) + "\n")
             self.metrics.flush()
 
     def save(self, epoch: int, next_index: int) -> None:
@@ -96,7 +116,7 @@ class RunBook:
         if path is None:
             return None
         try:
-            self.net.save(path)
+            self._write(path)
             return path
         except OSError as e:
             safe = self._rescue(path)
@@ -117,8 +137,11 @@ class RunBook:
         name = f"numpy_cnn-{Path(path).stem}-{os.getpid()}.npz"
         for folder in (tempfile.gettempdir(), os.path.expanduser("~")):
             try:
-                self.net.save(os.path.join(folder, name))
+                self._write(os.path.join(folder, name))
                 return os.path.join(folder, name)
             except OSError:
                 continue
         return None
+
+    def _write(self, path: str) -> None:
+        saved.save(path, self.net, saved.describe(self.config, self.step, self.sample_shape, self.classes))

@@ -19,6 +19,7 @@ import numpy as np
 from .loss import CrossEntropyLoss
 from .models import build
 from .net import Net
+from .trace import OFF, Trace
 
 Node = tuple[int, int]  # shards [lo, hi)
 
@@ -89,6 +90,7 @@ def shard_gradient(
     y: np.ndarray,
     total: int,
     noise: tuple[int, int, int, int] | None = None,
+    trace: Trace = OFF,
 ) -> tuple[float, int]:
     """Forward and backward on one micro-shard of a `total`-sample batch: fills net's gradients
     with those of (sum of the shard's losses) / total, so the shards' gradients add up to the
@@ -104,8 +106,10 @@ def shard_gradient(
         for p in net.parameters:
             p.grad.fill(0)
         return 0.0, 0
+    trace.phase("forward")
     preds = net.forward(x)
     loss = loss_f.loss(preds, y) * len(y)
+    trace.phase("backward")
     net.backward(loss_f.grad(preds, y, total=total))
     return loss, int(np.sum(preds.argmax(axis=1) == y))
 
@@ -119,8 +123,8 @@ class ShardedStep:
     serial training and `launch` therefore produce the same weights bit for bit.
     """
 
-    def __init__(self, config, net: Net, data=None) -> None:
-        self.net, self.shards = net, config.n_shards
+    def __init__(self, config, net: Net, trace: Trace = OFF, data=None) -> None:
+        self.net, self.shards, self.trace = net, config.n_shards, trace
         self.loss = CrossEntropyLoss()
         self.replicas = [net]
         if self.shards > 1:
@@ -140,7 +144,8 @@ class ShardedStep:
     ) -> tuple[float, int]:
         lo, hi = bounds[k]
         noise = None if key is None else (*key, lo)
-        return shard_gradient(self.replicas[k], self.loss, x[lo:hi], y[lo:hi], len(y), noise)
+        with self.trace.span("micro-shard", shard=k):  # forward and backward inside
+            return shard_gradient(self.replicas[k], self.loss, x[lo:hi], y[lo:hi], len(y), noise, self.trace)
 
     def __call__(
         self, x: np.ndarray, y: np.ndarray, key: tuple[int, int, int] | None = None
@@ -154,6 +159,7 @@ class ShardedStep:
         run = self.pool.map if self.pool is not None else map
         results = list(run(lambda k: self._leaf(k, x, y, bounds, key), leaves))
         if self.shards > 1:
+            self.trace.phase("tree sum")
             parts = {(k, k + 1): [p.grad for p in self.replicas[k].parameters] for k in leaves}
             for p, g in zip(self.net.parameters, tree_sum((0, self.shards), parts, self.scratch)):
                 p.grad = g

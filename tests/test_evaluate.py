@@ -80,5 +80,10 @@ def test_the_command_reports_what_training_measured(mnist_dir, tmp_path):
     text = subprocess.run(argv, capture_output=True, text=True, timeout=120).stdout
     assert text.startswith(f"{save}: test accuracy {100 * result['accuracy']:.2f}% on 10000 samples")
     wrong = subprocess.run([*argv[:4], "--model", "conv-net"], capture_output=True, text=True, timeout=120)
-    assert wrong.returncode == 2 and "cannot load it as conv-net weights" in wrong.stderr
+    assert wrong.returncode == 2 and f"{save}: holds a fc-net model, not conv-net" in wrong.stderr
+    # the file says what it holds: no --model needed
+    bare = subprocess.run(
+        [*argv[:4], "--data-dir", str(mnist_dir), "--json"], capture_output=True, text=True, timeout=120
+    )
+    assert bare.returncode == 0 and json.loads(bare.stdout) == result
     assert models.build("fc-net") is not None

@@ -66,7 +66,14 @@ def test_tree_sum_reuses_its_buffers_and_reports_a_missing_shard():
 def _dropout_net() -> Net:
     rng = np.random.default_rng(0)
     with default_dtype(np.float64):
-        return Net([layers.Linear(20, 30, rng=rng), layers.Dropout(0.5), layers.ReLU(), layers.Linear(30, 5, rng=rng)])
+        return Net(
+            [
+                layers.Linear(20, 30, rng=rng),
+                layers.Dropout(0.5),
+                layers.ReLU(),
+                layers.Linear(30, 5, rng=rng),
+            ]
+        )
 
 
 def _grads(net: Net) -> list[np.ndarray]:

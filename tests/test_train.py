@@ -98,7 +98,7 @@ def test_cli_writes_metrics_and_a_loadable_model(mnist_dir, tmp_path):
         (["resnet"], "unknown model 'resnet'; known models: conv-net, fc-net, or your own"),
         (["fc-net", "--batch-size", "0"], "must be a positive integer"),
         (["fc-net", "--lr", "-1"], "must be a positive number"),
-        (["fc-net", "--dataset", "cifar"], "invalid choice"),
+        (["fc-net", "--dataset", "cifar"], "--dataset cifar: no such file or folder"),
         (["fc-net", "--save", "/nonexistent-dir/x.npz"], "does not exist or is not writable"),
         (["fc-net", "--data-dir", "/does/not/exist"], "--data-dir /does/not/exist: no such folder"),
     ],

@@ -1,5 +1,6 @@
-"""Data: the IDX reader, MNIST sources, and seeded mini-batches."""
+"""Data: the IDX reader, MNIST sources, your own arrays, and seeded mini-batches."""
 
+from .arrays import DataError, DataSet
 from .batches import (
     Batch,
     batch_indices,
@@ -11,14 +12,17 @@ from .batches import (
     steps_per_epoch,
     to_float,
 )
+from .datasets import load
 from .idx import IDXError, read_idx
-from .mnist import DATASETS, MNIST, DataNotFound, Split, load
+from .mnist import DATASETS, MNIST, DataNotFound, Split
 
 __all__ = [
     "Batch",
     "DATASETS",
     "MNIST",
+    "DataError",
     "DataNotFound",
+    "DataSet",
     "IDXError",
     "Split",
     "batch_indices",

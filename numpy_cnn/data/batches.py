@@ -16,8 +16,13 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 
 def to_float(images: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """uint8 images (n, 28, 28) -> float32 in [0, 1] of shape (n, *shape)."""
-    x = np.divide(images, np.float32(255), dtype=np.float32)  # correctly rounded, as torchvision
+    """Samples (n, ...) -> float32 of shape (n, *shape): uint8 scaled to [0, 1], float32 as they are.
+
+    Only these rows are read: on a memory-mapped split, pass the rows of a batch or a chunk."""
+    if images.dtype == np.uint8:
+        x = np.divide(images, np.float32(255), dtype=np.float32)  # correctly rounded, as torchvision
+    else:  # a plain array (not a memmap view) of these rows: no copy when they already are one
+        x = np.ascontiguousarray(images, dtype=np.float32)
     return x.reshape(len(images), *shape)
 
 
@@ -34,13 +39,17 @@ def epoch_shifts(n: int, seed: int, epoch: int, max_shift: int) -> np.ndarray:
 
 
 def shift_images(images: np.ndarray, shifts: np.ndarray, max_shift: int) -> np.ndarray:
-    """Translate each (H, W) image by its (dy, dx): out[y, x] = image[y + dy, x + dx], zero outside."""
+    """Translate each (H, W) or (C, H, W) image by its (dy, dx): out[..., y, x] = image[..., y + dy,
+    x + dx], zero outside; every channel of an image moves together."""
     if max_shift == 0:
         return images
-    n, h, w = images.shape
-    padded = np.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift)))
-    windows = sliding_window_view(padded, (h, w), axis=(1, 2))  # (n, 2S+1, 2S+1, h, w), no copy
-    return windows[np.arange(n), shifts[:, 0] + max_shift, shifts[:, 1] + max_shift]
+    n, h, w = len(images), *images.shape[-2:]
+    s = max_shift
+    padded = np.pad(images, ((0, 0),) * (images.ndim - 2) + ((s, s), (s, s)))
+    windows = sliding_window_view(padded, (h, w), axis=(-2, -1))  # (n, [C,] 2S+1, 2S+1, h, w), no copy
+    # with a channel axis the sample and offset indices are apart: numpy puts their axis first, (n, C, h, w)
+    channels = (slice(None),) * (images.ndim - 3)
+    return windows[(np.arange(n), *channels, shifts[:, 0] + s, shifts[:, 1] + s)]
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -71,7 +80,8 @@ class Batch:
         lo: int = 0,
         hi: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(x float32 (hi-lo, *shape), y) of samples [lo, hi) of the batch, shifted if augmenting."""
+        """(x float32 (hi-lo, *shape), y) of samples [lo, hi) of the batch, shifted if augmenting;
+        only these rows of `images` are read (a memory-mapped split stays on disk)."""
         idx = self.indices[lo:hi]
         moved = images[idx]
         if self.shifts is not None:

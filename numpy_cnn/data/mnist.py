@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -78,7 +79,7 @@ class DataNotFound(RuntimeError):
 
 @dataclass(frozen=True)
 class Split:
-    """One split: uint8 images (N, 28, 28), kept small until a batch is made, and int64 labels."""
+    """One split: samples (N, ...), uint8 kept small until a batch is made, and int64 labels."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -93,15 +94,8 @@ class MNIST:
 
     train: Split
     test: Split
-
-    @property
-    def sample_shape(self) -> tuple[int, ...]:
-        """One sample as a model of your own takes it: a channel axis first, (1, 28, 28)."""
-        return (1, *self.train.images.shape[1:])
-
-    @property
-    def classes(self) -> int:
-        return 10
+    sample_shape: ClassVar[tuple[int, ...]] = (1, 28, 28)  # one sample as a model takes it
+    classes: ClassVar[int] = 10
 
 
 def check_dataset(name: str) -> str:

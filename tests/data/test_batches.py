@@ -85,6 +85,25 @@ def test_shift_images_moves_every_direction_and_fills_zeros(max_shift):
     np.testing.assert_array_equal(shift_images(IMAGE[None], np.array([[1, 1]]), 0)[0], IMAGE)  # off
 
 
+def test_shift_images_moves_every_channel_of_an_image_together():
+    shifts = np.array(list(SHIFTED), dtype=np.int64)
+    # channel c of every image is IMAGE + 10 c; each image has its own shift, as in a batch
+    images = np.stack([IMAGE + np.uint8(10 * c) for c in range(3)])
+    got = shift_images(np.repeat(images[None], len(shifts), axis=0), shifts, 2)
+    assert got.shape == (len(shifts), 3, 3, 3)
+    for k, shift in enumerate(SHIFTED):
+        for c in range(3):
+            inside = np.array(SHIFTED[shift]) > 0
+            expected = np.where(inside, np.array(SHIFTED[shift]) + 10 * c, 0)
+            np.testing.assert_array_equal(got[k, c], expected, err_msg=f"shift {shift}, channel {c}")
+
+
+def test_to_float_takes_float32_samples_as_they_are():
+    x = np.array([[0.25, -3.0], [7.5, 1e-8]], dtype=np.float32)
+    np.testing.assert_array_equal(to_float(x, (2,)), x)
+    assert to_float(x, (1, 1, 2)).shape == (2, 1, 1, 2)
+
+
 def test_global_batch_is_the_one_batch_everyone_uses():
     images = np.arange(50 * 9, dtype=np.uint8).reshape(50, 3, 3)
     labels = np.arange(50) % 10
