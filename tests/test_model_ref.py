@@ -3,6 +3,7 @@ how it is imported, called, checked and recorded, and the error each mistake get
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 from types import SimpleNamespace
@@ -193,3 +194,20 @@ def test_a_checkpoint_records_the_file_and_resumes_from_any_folder_only_with_it(
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert f"the checkpoint is from a run with model='{mine}:mlp', this run has model='{other}:mlp'" in err
+
+
+def test_your_own_saved_model_is_evaluated_and_trained_further_from_the_file(
+    mine, mnist_dir, tmp_path, monkeypatch, capsys
+):
+    from numpy_cnn.api import fit
+    from numpy_cnn.evaluate import main as evaluate
+
+    monkeypatch.chdir(mine.parent)
+    quiet = {"data_dir": str(mnist_dir), "progress": False, "log": lambda line: None}
+    _, history = fit("mine.py:mlp", max_steps=20, save="w.npz", **quiet)
+    monkeypatch.chdir(tmp_path.parent)  # the file names its model by absolute path
+    capsys.readouterr()
+    assert evaluate([str(mine.parent / "w.npz"), "--data-dir", str(mnist_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == history[-1]["test_acc"]
+    _, more = fit(f"{mine}:mlp", max_steps=5, init_from=str(mine.parent / "w.npz"), **quiet)
+    assert more[-1]["test_acc"] > 0.5
