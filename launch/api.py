@@ -28,6 +28,7 @@ from numpy_cnn.net import Net
 
 from .progress import Progress
 from .supervisor import Job
+from .tracefile import clear_parts, collect_trace
 
 
 def fit(
@@ -70,12 +71,14 @@ def fit(
 
 def _in_process(config: JobConfig, bar: Progress) -> tuple[Net, list[dict]]:
     """`launch --single-process`: the server and every worker here, one BLAS thread, the same bits."""
+    clear_parts(config)
     try:
         with threadpool_limits(1):
             server = in_process_server(config, events=bar.event, log=bar.write)
             bar.start(server.total_steps)
             history = server.run()
     finally:
+        collect_trace(config, say=lambda line: bar.write(f"launch: {line}"))  # with trace=PATH
         bar.close()
     return server.net, history
 
