@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from own_sets import make_set, write_npz
 from test_launch import LAUNCH, load_npz, run
 
 from numpy_cnn.data import load
@@ -46,16 +47,21 @@ def model_source(hidden: int = 64, dropout: float | None = None) -> str:
     return textwrap.dedent(MLP).replace("HIDDEN", str(hidden)).replace("DROPOUT", drop)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def own_cache(tmp_path_factory):
+    """Where this module's processes remember the sets they have checked: not the user's cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 @pytest.fixture(scope="module")
-def dataset(mnist_dir) -> SimpleNamespace:
-    """The data set every run here trains on: as flags, as Config keywords, and loaded here (for a
-    server in this process). MNIST for now; STEPS and ACCURACY above are for it."""
-    options = {"dataset": "mnist", "data_dir": str(mnist_dir)}
-    return SimpleNamespace(
-        flags=["--dataset", "mnist", "--data-dir", str(mnist_dir)],
-        options=options,
-        data=load(options["dataset"], options["data_dir"]),
-    )
+def dataset(own_cache, tmp_path_factory) -> SimpleNamespace:
+    """The data set every run here trains on, a learnable .npz made here (tests/own_sets.py): as
+    flags, as Config keywords, and loaded here (for a server in this process)."""
+    path = write_npz(tmp_path_factory.mktemp("data") / "patterns.npz", make_set())
+    options = {"dataset": str(path)}
+    return SimpleNamespace(flags=["--dataset", str(path)], options=options, data=load(str(path)))
 
 
 @pytest.fixture(scope="module")
