@@ -26,16 +26,20 @@ import sys
 import tempfile
 import time
 
-NUMPY_MODES = ["serial", "workers-1", "workers-2", "workers-4"]
+NUMPY_MODES = ["serial", "serial-1x4", "workers-1", "workers-2", "workers-4"]
 TORCH_MODES = ["torch-2", "torch-1", "ddp-2"]
 TRAIN_SAMPLES = 60000
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def command(mode: str, model: str, steps: int, metrics: str, extra: list[str]) -> list[str]:
+def command(
+    mode: str, model: str, steps: int, metrics: str, extra: list[str], torch_python: str = sys.executable
+) -> list[str]:
     common = [model, "--max-steps", str(steps), "--epochs", "1", "--metrics", metrics, *extra]
     if mode == "serial":
         return [sys.executable, "-m", "numpy_cnn.train", *common]
+    if mode == "serial-1x4":  # the work of 1 worker (4 micro-shards) on one thread: its yardstick
+        return [sys.executable, "-m", "numpy_cnn.train", "--threads", "1", "--shards", "4", *common]
     if mode.startswith("workers-"):  # workers-N, or workers-N-tcp: local workers over CURVE TCP
         transport = ["--local-transport", "tcp"] if mode.endswith("-tcp") else []
         return [
@@ -51,7 +55,7 @@ def command(mode: str, model: str, steps: int, metrics: str, extra: list[str]) -
         flag = "--threads" if mode.startswith("torch-") else "--ddp"
         script = os.path.join(HERE, "torch_reference.py")
         return [
-            sys.executable,
+            torch_python,
             script,
             "--model",
             model,
@@ -74,12 +78,12 @@ def command(mode: str, model: str, steps: int, metrics: str, extra: list[str]) -
     raise ValueError(f"unknown mode {mode!r}")
 
 
-def run_once(mode: str, model: str, steps: int, extra: list[str]) -> dict:
+def run_once(mode: str, model: str, steps: int, extra: list[str], torch_python: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         metrics = os.path.join(tmp, "m.jsonl")
         start = time.perf_counter()
         result = subprocess.run(
-            command(mode, model, steps, metrics, extra),
+            command(mode, model, steps, metrics, extra, torch_python),
             capture_output=True,
             text=True,
             stdin=subprocess.DEVNULL,
@@ -117,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
         "--steps", type=int, default=300, help="optimizer steps per run (default: %(default)s)"
     )
     parser.add_argument("--repeats", type=int, default=3, help="runs per mode; medians are reported")
+    parser.add_argument(
+        "--torch-python",
+        default=sys.executable,
+        help="the Python that runs the torch modes (one with torch and numpy_cnn installed; "
+        "default: this one)",
+    )
     have_torch = importlib.util.find_spec("torch") is not None
     parser.add_argument(
         "--modes",
@@ -136,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     records: dict[str, list[dict]] = {m: [] for m in modes}
     for r in range(args.repeats):
         for mode in modes:
-            records[mode].append(run_once(mode, args.model, args.steps, extra))
+            records[mode].append(run_once(mode, args.model, args.steps, extra, args.torch_python))
             print(f"  repeat {r + 1} {mode}: {records[mode][-1]['samples_per_s']} samples/s", flush=True)
 
     def median(mode: str, key: str) -> float:
