@@ -1,8 +1,11 @@
 """ParameterServer: holds the model's Tensor list and Adam, and runs the synchronous steps.
 
-One step: send the parameters to every worker, take each worker's subtree sums of the gradient
-(StepLedger keeps track of who owes what), add them up the fixed shard tree, run Adam, bump the
-version. `launch` runs one in a process of its own, or, with --single-process, in itself.
+One step: tell every worker which nodes of the shard tree to compute (with the parameters, to a
+worker that does not hold them all yet); take each worker's subtree sums of the gradient bucket by
+bucket as they are ready (StepLedger keeps track of who owes what); as soon as a bucket is in, add
+it up the fixed shard tree, run Adam on it and send its new values to every worker, while the
+workers still compute the buckets below; after the last bucket, bump the version. `launch` runs
+one in a process of its own, or, with --single-process, in itself.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from numpy_cnn import buckets
 from numpy_cnn.data import MNIST, global_batch, load, steps_per_epoch
 from numpy_cnn.metrics import epoch_record, evaluate, format_record
 from numpy_cnn.models import build, input_shape
@@ -22,12 +26,13 @@ from numpy_cnn.shards import Node
 
 from . import agreement, protocol
 from .config import JobConfig
-from .ledger import StepLedger
+from .ledger import Owed, StepLedger
 from .members import DEBUGGER_HINT, Member, WorkerLost
 from .protocol import HEARTBEATS_PER_TIMEOUT, Message, ProtocolError
 from .ranks import plan, share
 from .stats import EpochStats, boot_id, format_timing
 from .transport import Transport
+from .updates import BucketUpdates
 
 log = logging.getLogger("numpy_cnn.distributed.server")
 
@@ -55,6 +60,10 @@ class ParameterServer:
         self.net = build(config.model, seed=config.seed, dtype=config.dtype)
         self.params = self.net.parameters
         self.optimizer = Adam(self.params, lr=config.lr)
+        self.buckets = buckets.plan(self.net)  # every worker derives the same plan from its net
+        self.updates = BucketUpdates(self.optimizer, self.buckets)
+        self.update_s = 0.0  # this step's time in summing, Adam and sending updates
+        self.sent_at = [0.0] * len(self.buckets)  # when each bucket's update went out, this step
         self.identity = agreement.identity(self.net, config.dataset)  # what every worker must share
         self.boot = boot_id()
         self.shape = input_shape(config.model)
@@ -67,7 +76,9 @@ class ParameterServer:
         self.next_tick = 0.0
         self.stalled_since: float | None = None  # when work was left with no live worker to do it
         self.batch = (0, 0)  # (epoch, index) of the current step
-        self.ledger = StepLedger(config.shards)  # the current step: who owes what, what has come in
+        self.ledger = StepLedger(
+            config.shards, self.buckets
+        )  # the current step: who owes what, what has come in
         self.last_plan: dict[int, list[Node]] = {}  # who computed what at the last step
         self.events = events or (lambda event: None)
         self.log = log
@@ -112,10 +123,10 @@ class ParameterServer:
             self._hello(peer, msg)
         elif msg.type == protocol.GRADS:
             reason = self._check_grads(peer, msg)
-            if reason is None:
-                self.ledger.accept(msg, len(self.params))
-            else:
+            if reason is not None:
                 self._reject(peer, reason)
+            elif self.ledger.complete(self.ledger.accept(msg)):
+                self._reduce(msg["bucket"])
         elif msg.type not in (protocol.READY, protocol.HEARTBEAT, protocol.REFUSE):
             self._reject(peer, f"unexpected {msg.type} message")
         elif rank is None:
@@ -128,6 +139,7 @@ class ParameterServer:
             self._lose(rank, f"refused the job: {msg['reason'][:500]}")
         elif not self.members[rank].ready:
             self.members[rank].ready = True
+            self.members[rank].held = [-1] * len(self.buckets)
             self.stalled_since = None
             log.info("server: worker %d is ready", rank)
             orphans = self.ledger.owed_by(None)
@@ -224,36 +236,53 @@ class ParameterServer:
         if owed:
             self._hand_out(owed, self.ready_ranks())
 
-    def _hand_out(self, nodes: list[Node], ranks: list[int]) -> None:
-        """Have `ranks` compute `nodes` of this step, split evenly (no ranks: wait for one)."""
-        self.ledger.release(nodes)
+    def _hand_out(self, owed: Owed, ranks: list[int]) -> None:
+        """Have `ranks` compute the owed buckets of nodes of this step, split evenly (no ranks:
+        wait for one). Each takes them with this step's parameters, whatever it holds."""
+        for group, nodes in owed:
+            self.ledger.release(group, nodes)
         ranks = [r for r in ranks if r in self.members and self.members[r].ready]
         if not ranks:
-            self.ledger.assign(nodes, None)
+            for group, nodes in owed:
+                self.ledger.assign(group, nodes, None)
             if self.stalled_since is None:
                 self.stalled_since = time.monotonic()
             return
-        for rank, part in share(nodes, ranks, self.config.shards).items():
-            if rank not in self.members:  # lost while an earlier part was sent: pass its part on
-                self._hand_out(part, self.ready_ranks())
-                continue
-            self.ledger.assign(part, rank)
-            log.info("server: step %d: worker %d takes over micro-shards %s", self.step, rank, part)
-            self._send_params(rank, part)  # if it fails, _lose hands `part` on with the rest
+        for group, nodes in owed:
+            for rank, part in share(nodes, ranks, self.config.shards).items():
+                if rank not in self.members:  # lost while an earlier part was sent: pass its part on
+                    self._hand_out([(group, part)], self.ready_ranks())
+                    continue
+                self.ledger.assign(group, part, rank)
+                log.info(
+                    "server: step %d: worker %d takes over buckets %s of micro-shards %s",
+                    self.step,
+                    rank,
+                    list(group),
+                    part,
+                )
+                self._send_params(rank, part, group, full=True)  # if it fails, _lose hands it on
 
-    def _send_params(self, rank: int, nodes: list[Node]) -> None:
+    def _send_params(self, rank: int, nodes: list[Node], group: tuple[int, ...], full: bool) -> None:
+        """Ask `rank` for these buckets of these nodes; `full`: with every parameter of this step's
+        version (the old values of the buckets already updated this step), else with none."""
         epoch, index = self.batch
+        arrays = self.updates.before(self.ledger.updated) if full else []
         frames = protocol.encode(
             protocol.PARAMS,
-            [p.data for p in self.params],
+            arrays,
             step=self.step,
             version=self.version,
             epoch=epoch,
             index=index,
             nodes=[list(node) for node in nodes],
+            buckets=list(group),
         )
-        if rank in self.members:
-            self.members[rank].asked += 1
+        member = self.members.get(rank)
+        if member is not None:
+            member.asked += 1
+            if full:  # the worker keeps what it held older (Worker._weights): so does its record
+                member.held = [max(h, self.version) for h in member.held]
         self._send(rank, frames)
 
     def register(self) -> None:
@@ -284,11 +313,12 @@ class ParameterServer:
                 f"step {msg['step']} version {msg['version']}, "
                 f"expected step {self.step} version {self.version}"
             )
-        reason = self.ledger.check(rank, msg, len(self.params))
+        reason = self.ledger.check(rank, msg)
         if reason is not None:
             return reason
+        ids = self.buckets[msg["bucket"]]
         for i, a in enumerate(msg.arrays):
-            p = self.params[i % len(self.params)]
+            p = self.params[ids[i % len(ids)]]
             if a.shape != p.shape or a.dtype != p.dtype:
                 return f"array {i} is {a.dtype} {a.shape}, expected {p.dtype} {p.shape}"
         return None
@@ -304,6 +334,8 @@ class ParameterServer:
         )
         start, began = time.perf_counter(), time.monotonic()
         self.batch = (epoch, index)
+        self.update_s = 0.0
+        self.updates.begin(config.lr_at(self.step, self.per_epoch))  # Adam: bucket by bucket (_reduce)
         ready = self.ready_ranks()
         work = plan(ready, config.workers, config.shards) if ready else {}
         self.ledger.start(n, work)
@@ -313,37 +345,53 @@ class ParameterServer:
             self.last_plan = work
         else:  # every worker is gone: the first to be ready again gets the whole batch
             self.stalled_since = time.monotonic()
+        every = tuple(range(len(self.buckets)))
         for rank, nodes in work.items():
             if rank in self.members:  # an earlier send in this loop may have found it gone
-                self._send_params(rank, nodes)
-        self._serve(lambda: self.ledger.complete)
-        waited = time.perf_counter()
-        gradient = self.ledger.gradient()
-        answers = self.ledger.answers
-        if not all(np.isfinite(g).all() for g in gradient):  # a NaN or Inf anywhere reaches the root
-            # a real worker's gradient blew up: no update can be trusted, stop before Adam
-            bad = sorted({m["rank"] for m in answers if not all(np.isfinite(a).all() for a in m.arrays)})
-            raise FloatingPointError(f"step {self.step}: worker(s) {bad} sent non-finite gradients")
-        for p, g in zip(self.params, gradient):
-            p.grad = g
-        self.optimizer.lr = config.lr_at(self.step, self.per_epoch)
-        self.optimizer.update()
+                # a worker that got every update of the last step holds this version: no arrays
+                full = self.members[rank].held != [self.version] * len(self.buckets)
+                self._send_params(rank, nodes, every, full)
+        self._serve(lambda: self.ledger.finished)
         self.step += 1
         self.version += 1
         done = time.perf_counter()
+        answers = self.ledger.answers
         local = all(self.members[m["rank"]].boot == self.boot for m in answers if m["rank"] in self.members)
         intervals = [(m["started"], m["started"] + m["compute_s"]) for m in answers]
         stats.add_exposed(began, time.monotonic(), intervals if local and self.boot else None)
         computes = [m["compute_s"] for m in answers]
         compute = max(computes) if self.transport.parallel else sum(computes)
+        if local and self.boot and self.transport.parallel:
+            stats.add_buckets([r - began for r in self.ledger.ready], [s - began for s in self.sent_at])
         stats.steps += 1
         stats.samples += n
         stats.loss += sum(m["loss"] for m in answers)
         stats.correct += sum(m["correct"] for m in answers)
         stats.compute += compute
-        stats.comm += max(0.0, waited - start - compute)
-        stats.update += done - waited
+        stats.comm += max(0.0, done - start - compute - self.update_s)
+        stats.update += self.update_s
         stats.bytes += self.transport.sent_bytes - sent + self.transport.received_bytes - received
+
+    def _reduce(self, bucket: int) -> None:
+        """Every node of `bucket` is in: sum it up the tree, check it, run Adam on it alone and send
+        the new values to every ready worker at once."""
+        began = time.perf_counter()
+        gradient = self.ledger.gradient(bucket)
+        if not all(np.isfinite(g).all() for g in gradient):  # a NaN or Inf anywhere reaches the root
+            # a real worker's gradient blew up: no update can be trusted; undo this step's others
+            self.updates.roll_back(self.ledger.updated)
+            self.ledger.updated = set()
+            bad = self.ledger.nonfinite_ranks(bucket)
+            raise FloatingPointError(f"step {self.step}: worker(s) {bad} sent non-finite gradients")
+        new = self.updates.apply(bucket, gradient)
+        self.ledger.updated.add(bucket)
+        version = self.version + 1
+        frames = protocol.encode(protocol.UPDATE, new, step=self.step, version=version, bucket=bucket)
+        for rank in self.ready_ranks():
+            if self._send(rank, frames) and rank in self.members:
+                self.members[rank].held[bucket] = version
+        self.sent_at[bucket] = time.monotonic()
+        self.update_s += time.perf_counter() - began
 
     def stop_workers(self, reason: str) -> None:
         for member in self.members.values():

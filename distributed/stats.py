@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 
 
@@ -14,12 +15,16 @@ class EpochStats:
     loss: float = 0.0
     correct: int = 0
     compute: float = 0.0  # the workers' forward/backward (the slowest worker's, when in parallel)
-    comm: float = 0.0  # the rest of the wait for gradients: encoding, the wire, decoding, stragglers
-    update: float = 0.0  # summing the tree and Adam
+    comm: float = 0.0  # the rest of the step: encoding, the wire, decoding, waiting for stragglers
+    update: float = 0.0  # the server summing the tree, running Adam and sending, bucket by bucket
     exposed: float = 0.0  # the part of the step in which no worker computed
     exposed_known: bool = True  # False when a worker's clock is not the server's (another machine)
     bytes: int = 0  # array and header frames sent and received by the server
     extra: dict = field(default_factory=dict)
+    # per step, per bucket: seconds after the step's start when the slowest worker had the
+    # bucket's gradient ready, and when the server sent the bucket's update to the workers
+    bucket_ready: list[list[float]] = field(default_factory=list)
+    bucket_sent: list[list[float]] = field(default_factory=list)
 
     def timing(self) -> dict:
         """Per-step means, in ms (they add up to the step time) and bytes."""
@@ -32,7 +37,23 @@ class EpochStats:
             "update_ms": ms["update"],
             "exposed_comm_ms": round(1000 * self.exposed / n, 3) if self.exposed_known else None,
             "bytes_per_step": round(self.bytes / n),
+            **self.bucket_timing(),
         }
+
+    def add_buckets(self, ready: list[float], sent: list[float]) -> None:
+        self.bucket_ready.append(ready)
+        self.bucket_sent.append(sent)
+
+    def bucket_timing(self) -> dict:
+        """Medians over the steps, per bucket (in the order they are sent), in ms after the step's
+        start; nothing when unknown (in-process, or workers on other machines)."""
+        if not self.bucket_ready:
+            return {}
+
+        def medians(rows: list[list[float]]) -> list[float]:
+            return [round(1000 * statistics.median(col), 3) for col in zip(*rows)]
+
+        return {"bucket_ready_ms": medians(self.bucket_ready), "bucket_sent_ms": medians(self.bucket_sent)}
 
     def add_exposed(self, start: float, end: float, intervals: list[tuple[float, float]] | None) -> None:
         """Add the time in [start, end] that no interval covers (None: the clocks are unknown)."""

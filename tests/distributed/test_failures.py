@@ -164,13 +164,15 @@ def test_a_worker_whose_answers_are_rejected_is_dropped_and_its_work_redone(
     config = JobConfig("fc-net", workers=2, max_steps=5, timeout=1.0, data_dir=str(mnist_dir))
 
     class Miscounts(Worker):
-        def _step(self, msg):
-            frames = super()._step(msg)
-            if msg["step"] >= 2:
-                header = msgpack.unpackb(frames[0])
-                header["counts"] = [c + 1 for c in header["counts"]]
-                frames[0] = msgpack.packb(header)
-            return frames
+        def _step(self, msg, send):
+            def miscount(frames):
+                if msg["step"] >= 2:
+                    header = msgpack.unpackb(frames[0])
+                    header["counts"] = [c + 1 for c in header["counts"]]
+                    frames[0] = msgpack.packb(header)
+                send(frames)
+
+            super()._step(msg, miscount)
 
     server = ParameterServer(config, server_transport(), data)
     spawn_workers(server.transport.endpoint, 1, ranks=[0])

@@ -33,6 +33,7 @@ def malformed(rng: np.random.Generator, params: list[np.ndarray], step: int) -> 
     fields = {
         "step": step,
         "version": step,
+        "bucket": int(rng.integers(-1, 4)),
         "rank": 0,
         "nodes": [[0, 2]],
         "counts": [32],
@@ -161,11 +162,13 @@ def test_nan_gradients_from_a_worker_stop_the_run(mnist_dir, tmp_path):
     data = load("mnist", str(mnist_dir))
 
     class Broken(Worker):
-        def _step(self, msg):
-            frames = super()._step(msg)
-            if msg["step"] == 3:
-                frames[1] = np.full_like(frames[1], np.nan)
-            return frames
+        def _step(self, msg, send):
+            def poison(frames):  # the last bucket: the server has updated the others by then
+                if msg["step"] == 3 and msgpack.unpackb(frames[0])["bucket"] == 2:
+                    frames[1] = np.full_like(frames[1], np.nan)
+                send(frames)
+
+            super()._step(msg, poison)
 
     config = JobConfig(
         "fc-net",
@@ -178,7 +181,8 @@ def test_nan_gradients_from_a_worker_stop_the_run(mnist_dir, tmp_path):
     server = in_process_server(config, data, workers=[Worker(0, data), Broken(1, data)])
     with pytest.raises(FloatingPointError, match=r"step 3: worker\(s\) \[1\] sent non-finite gradients"):
         server.run()
-    assert server.step == 3  # the bad gradient never reached Adam
+    assert server.step == 3  # the bad gradient never reached Adam; the buckets updated before it
+    assert server.optimizer.t == 3  # are put back
     assert all(np.isfinite(p.data).all() for p in server.params)
     good = checkpoint.latest(tmp_path)  # the last good checkpoint is intact: step 3, these weights
     assert good.meta["step"] == 3
