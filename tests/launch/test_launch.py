@@ -228,11 +228,12 @@ def test_dead_and_stuck_workers_leave_the_weights_bitwise_unchanged(mnist_dir, t
     log = "\n".join(job.seen)
     for expected in (
         # the crashed one's work, during a step or from the next one on
-        r"worker 0 takes over micro-shards \[\(2, 4\)\]|by worker: \{0: \[\(0, 2\), \(2, 4\)\]\}",
+        r"worker 0 takes over buckets \[[0-9, ]+\] of micro-shards \[\(2, 4\)\]"
+        r"|by worker: \{0: \[\(0, 2\), \(2, 4\)\]\}",
         r"server: worker 0 sent nothing for 2 s \(no heartbeat\)",
         r"launch: worker 0 \(pid \d+\) stopped responding; killing it",
         r"no restarts left \(--max-restarts 1\), the others carry on",
-        r"worker 1 takes over micro-shards|by worker: \{1: \[\(0, 2\), \(2, 4\)\]\}",
+        r"worker 1 takes over buckets|by worker: \{1: \[\(0, 2\), \(2, 4\)\]\}",
     ):
         assert re.search(expected, log), expected
     assert same_bits(load_npz(out), load_npz(reference))
