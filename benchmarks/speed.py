@@ -33,9 +33,20 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def command(
-    mode: str, model: str, steps: int, metrics: str, extra: list[str], torch_python: str = sys.executable
+    mode: str,
+    model: str,
+    steps: int,
+    metrics: str,
+    extra: list[str],
+    torch_python: str = sys.executable,
+    other_python: str | None = None,
 ) -> list[str]:
     common = [model, "--max-steps", str(steps), "--epochs", "1", "--metrics", metrics, *extra]
+    if mode.endswith("@other"):  # the same mode with another install (e.g. the code before a change)
+        if other_python is None:
+            raise ValueError(f"mode {mode} needs --other-python")
+        cmd = command(mode.removesuffix("@other"), model, steps, metrics, extra, torch_python)
+        return [other_python if c == sys.executable else c for c in cmd]
     if mode == "serial":
         return [sys.executable, "-m", "numpy_cnn.train", *common]
     if mode == "serial-1x4":  # the work of 1 worker (4 micro-shards) on one thread: its yardstick
@@ -78,12 +89,14 @@ def command(
     raise ValueError(f"unknown mode {mode!r}")
 
 
-def run_once(mode: str, model: str, steps: int, extra: list[str], torch_python: str) -> dict:
+def run_once(
+    mode: str, model: str, steps: int, extra: list[str], torch_python: str, other_python: str | None = None
+) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         metrics = os.path.join(tmp, "m.jsonl")
         start = time.perf_counter()
         result = subprocess.run(
-            command(mode, model, steps, metrics, extra, torch_python),
+            command(mode, model, steps, metrics, extra, torch_python, other_python),
             capture_output=True,
             text=True,
             stdin=subprocess.DEVNULL,
@@ -92,7 +105,7 @@ def run_once(mode: str, model: str, steps: int, extra: list[str], torch_python: 
         wall = time.perf_counter() - start
         if result.returncode != 0:
             raise RuntimeError(f"{mode} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-        if mode.startswith(("torch-", "ddp-")):
+        if mode.startswith(("torch-", "ddp-")) and not mode.endswith("@other"):
             record = json.loads(result.stdout.strip().splitlines()[-1])
         else:
             with open(metrics, encoding="utf-8") as f:
@@ -127,6 +140,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the Python that runs the torch modes (one with torch and numpy_cnn installed; "
         "default: this one)",
     )
+    parser.add_argument(
+        "--other-python",
+        default=None,
+        help="the Python of another install of numpy_cnn (say, a worktree of the code before a change): "
+        "a mode written MODE@other runs with it, in turn with the others",
+    )
     have_torch = importlib.util.find_spec("torch") is not None
     parser.add_argument(
         "--modes",
@@ -146,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     records: dict[str, list[dict]] = {m: [] for m in modes}
     for r in range(args.repeats):
         for mode in modes:
-            records[mode].append(run_once(mode, args.model, args.steps, extra, args.torch_python))
+            records[mode].append(
+                run_once(mode, args.model, args.steps, extra, args.torch_python, args.other_python)
+            )
             print(f"  repeat {r + 1} {mode}: {records[mode][-1]['samples_per_s']} samples/s", flush=True)
 
     def median(mode: str, key: str) -> float:
@@ -172,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
             row.append("0" if not mode.startswith(("torch", "ddp")) else "")
         print("| " + " | ".join(row) + " |")
     print()
+    for mode in modes:  # this install against the other, mode by mode
+        if f"{mode}@other" in modes:
+            ratio = median(mode, "samples_per_s") / median(f"{mode}@other", "samples_per_s")
+            print(f"- {mode}: {ratio:.2f}x the samples/s of {mode}@other")
     report_buckets(modes, records)
     report_targets(modes, median, args.model)
     if args.json:
@@ -181,21 +206,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report_buckets(modes: list[str], records: dict[str, list[dict]]) -> None:
-    """Per bucket (the last layers' first): when the slowest worker had its gradient ready, and when
-    the server sent its update to the workers, in ms after the step's start (medians over steps,
-    then over the repeats)."""
+    """Per bucket (the last layers' first): when the slowest worker had its gradient ready, when the
+    server had all of it, and when the server sent its update to the workers, in ms after the
+    step's start (medians over steps, then over the repeats)."""
     rows = [m for m in modes if records[m] and "bucket_ready_ms" in records[m][0]]
     if not rows:
         return
-    print("| mode | bucket | gradient ready, ms | update sent, ms | step ms |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| mode | bucket | gradient ready, ms | at the server, ms | update sent, ms | step ms |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for mode in rows:
         recs = records[mode]
         for b in range(len(recs[0]["bucket_ready_ms"])):
             ready = statistics.median(r["bucket_ready_ms"][b] for r in recs)
+            came_in = statistics.median(r.get("bucket_in_ms", [0.0] * (b + 1))[b] for r in recs)
             sent = statistics.median(r["bucket_sent_ms"][b] for r in recs)
             step = statistics.median(r["step_ms"] for r in recs)
-            print(f"| {mode} | {b} | {ready:.2f} | {sent:.2f} | {step:.2f} |")
+            print(f"| {mode} | {b} | {ready:.2f} | {came_in:.2f} | {sent:.2f} | {step:.2f} |")
     print()
 
 

@@ -3,6 +3,7 @@ what has come in."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,6 +31,7 @@ class StepLedger:
         self.updated: set[int] = set()  # buckets the server has updated this step
         self.answers: list[Message] = []  # accepted answers of the last bucket
         self.ready: list[float] = [0.0] * len(buckets)  # when each bucket's last sum was ready
+        self.came_in: list[float] = [0.0] * len(buckets)  # when it was all in, on the server's clock
         self.bounds: list[tuple[int, int]] = []  # the micro-shards' sample ranges in this batch
         self.scratch: list[dict] = [{} for _ in buckets]  # the tree's inner sums, reused every step
 
@@ -38,6 +40,7 @@ class StepLedger:
         nobody can yet, and every node waits for the first worker to be ready)."""
         self.answers, self.updated = [], set()
         self.ready = [0.0] * len(self.buckets)
+        self.came_in = [0.0] * len(self.buckets)
         self.bounds = shard_bounds(batch_length, self.shards)
         owner = {node: rank for rank, nodes in work.items() for node in nodes}
         if not work:
@@ -114,6 +117,7 @@ class StepLedger:
             self.parts[b][(lo, hi)] = msg.arrays[j * n : (j + 1) * n]
         self.arrived[b].append(msg)
         self.ready[b] = max(self.ready[b], msg["started"] + msg["compute_s"])
+        self.came_in[b] = time.monotonic()
         if b == self.last:
             self.answers.append(msg)
         return b

@@ -354,22 +354,17 @@ class ParameterServer:
         self._serve(lambda: self.ledger.finished)
         self.step += 1
         self.version += 1
-        done = time.perf_counter()
-        answers = self.ledger.answers
+        answers, ledger = self.ledger.answers, self.ledger
         local = all(self.members[m["rank"]].boot == self.boot for m in answers if m["rank"] in self.members)
-        intervals = [(m["started"], m["started"] + m["compute_s"]) for m in answers]
-        stats.add_exposed(began, time.monotonic(), intervals if local and self.boot else None)
-        computes = [m["compute_s"] for m in answers]
-        compute = max(computes) if self.transport.parallel else sum(computes)
-        if local and self.boot and self.transport.parallel:
-            stats.add_buckets([r - began for r in self.ledger.ready], [s - began for s in self.sent_at])
-        stats.steps += 1
-        stats.samples += n
-        stats.loss += sum(m["loss"] for m in answers)
-        stats.correct += sum(m["correct"] for m in answers)
-        stats.compute += compute
-        stats.comm += max(0.0, done - start - compute - self.update_s)
-        stats.update += self.update_s
+        stats.add_step(
+            n,
+            answers,
+            (start, time.perf_counter()),
+            (began, time.monotonic()) if local and self.boot else None,
+            self.update_s,
+            self.transport.parallel,
+            (ledger.ready, ledger.came_in, self.sent_at),
+        )
         stats.bytes += self.transport.sent_bytes - sent + self.transport.received_bytes - received
 
     def _reduce(self, bucket: int) -> None:

@@ -22,8 +22,9 @@ class EpochStats:
     bytes: int = 0  # array and header frames sent and received by the server
     extra: dict = field(default_factory=dict)
     # per step, per bucket: seconds after the step's start when the slowest worker had the
-    # bucket's gradient ready, and when the server sent the bucket's update to the workers
+    # bucket's gradient ready, when the server had all of it, and when it sent the bucket's update
     bucket_ready: list[list[float]] = field(default_factory=list)
+    bucket_in: list[list[float]] = field(default_factory=list)
     bucket_sent: list[list[float]] = field(default_factory=list)
 
     def timing(self) -> dict:
@@ -40,9 +41,37 @@ class EpochStats:
             **self.bucket_timing(),
         }
 
-    def add_buckets(self, ready: list[float], sent: list[float]) -> None:
-        self.bucket_ready.append(ready)
-        self.bucket_sent.append(sent)
+    def add_step(
+        self,
+        samples: int,
+        answers: list,
+        span: tuple[float, float],
+        clock: tuple[float, float] | None,
+        update: float,
+        parallel: bool,
+        buckets: tuple[list[float], ...],
+    ) -> None:
+        """One step of `samples`: the answers that ended the workers' jobs (GRADS messages of the
+        last bucket), its perf_counter `span`, the same on the monotonic clock the workers share
+        (None: they don't), the server's update time, whether the workers ran at the same time,
+        and per bucket the monotonic times it was ready, was in, and was sent."""
+        computes = [m["compute_s"] for m in answers]
+        compute = max(computes, default=0.0) if parallel else sum(computes)
+        self.steps += 1
+        self.samples += samples
+        self.loss += sum(m["loss"] for m in answers)
+        self.correct += sum(m["correct"] for m in answers)
+        self.compute += compute
+        self.comm += max(0.0, span[1] - span[0] - compute - update)
+        self.update += update
+        # a worker's compute ends with its last bucket: the rest of the step is exposed
+        intervals = [(m["started"], m["started"] + m["compute_s"]) for m in answers]
+        self.add_exposed(*(clock or (0.0, 0.0)), intervals if clock else None)
+        if clock and parallel:
+            began = clock[0]
+            self.bucket_ready.append([t - began for t in buckets[0]])
+            self.bucket_in.append([t - began for t in buckets[1]])
+            self.bucket_sent.append([t - began for t in buckets[2]])
 
     def bucket_timing(self) -> dict:
         """Medians over the steps, per bucket (in the order they are sent), in ms after the step's
@@ -53,7 +82,11 @@ class EpochStats:
         def medians(rows: list[list[float]]) -> list[float]:
             return [round(1000 * statistics.median(col), 3) for col in zip(*rows)]
 
-        return {"bucket_ready_ms": medians(self.bucket_ready), "bucket_sent_ms": medians(self.bucket_sent)}
+        return {
+            "bucket_ready_ms": medians(self.bucket_ready),
+            "bucket_in_ms": medians(self.bucket_in),
+            "bucket_sent_ms": medians(self.bucket_sent),
+        }
 
     def add_exposed(self, start: float, end: float, intervals: list[tuple[float, float]] | None) -> None:
         """Add the time in [start, end] that no interval covers (None: the clocks are unknown)."""
