@@ -166,6 +166,7 @@ class Talk:
         self.link = Link(self.context, self.endpoint, self.keys, self.join_timeout)
         self.poller.register(self.link.socket, zmq.POLLIN)
         self.poller.register(self.link.monitor, zmq.POLLIN)
+        self.listening = True  # the poll wakes this thread for the socket (see run)
         self.generation += 1
         self.todo: deque[Message] = deque()  # what the server sent, for the compute thread
         self.welcomed = False
@@ -222,6 +223,18 @@ class Talk:
                 self.computing = msg.type == protocol.PARAMS
                 self.job_generation = self.generation
                 compute.submit(msg)
+            # While a job computes, the socket is read only when this thread wakes anyway (a
+            # bucket to send, a heartbeat due): every wake-up takes the interpreter from the
+            # computation, and the UPDATEs that arrive meanwhile are needed only by the next job.
+            quiet = compute.busy and self.computing
+            if quiet == self.listening:
+                if quiet:
+                    self.poller.unregister(self.link.socket)
+                else:
+                    self.poller.register(self.link.socket, zmq.POLLIN)
+                self.listening = not quiet
+            while quiet and self.link.socket.poll(0) and not worker.stopped:
+                self._receive()
             now = time.monotonic()
             if now >= self.beat_due:
                 if not self.welcomed:
