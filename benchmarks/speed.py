@@ -26,16 +26,31 @@ import sys
 import tempfile
 import time
 
-NUMPY_MODES = ["serial", "workers-1", "workers-2", "workers-4"]
+NUMPY_MODES = ["serial", "serial-1x4", "workers-1", "workers-2", "workers-4"]
 TORCH_MODES = ["torch-2", "torch-1", "ddp-2"]
 TRAIN_SAMPLES = 60000
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def command(mode: str, model: str, steps: int, metrics: str, extra: list[str]) -> list[str]:
+def command(
+    mode: str,
+    model: str,
+    steps: int,
+    metrics: str,
+    extra: list[str],
+    torch_python: str = sys.executable,
+    other_python: str | None = None,
+) -> list[str]:
     common = [model, "--max-steps", str(steps), "--epochs", "1", "--metrics", metrics, *extra]
+    if mode.endswith("@other"):  # the same mode with another install (e.g. the code before a change)
+        if other_python is None:
+            raise ValueError(f"mode {mode} needs --other-python")
+        cmd = command(mode.removesuffix("@other"), model, steps, metrics, extra, torch_python)
+        return [other_python if c == sys.executable else c for c in cmd]
     if mode == "serial":
         return [sys.executable, "-m", "numpy_cnn.train", *common]
+    if mode == "serial-1x4":  # the work of 1 worker (4 micro-shards) on one thread: its yardstick
+        return [sys.executable, "-m", "numpy_cnn.train", "--threads", "1", "--shards", "4", *common]
     if mode.startswith("workers-"):  # workers-N, or workers-N-tcp: local workers over CURVE TCP
         transport = ["--local-transport", "tcp"] if mode.endswith("-tcp") else []
         return [
@@ -51,7 +66,7 @@ def command(mode: str, model: str, steps: int, metrics: str, extra: list[str]) -
         flag = "--threads" if mode.startswith("torch-") else "--ddp"
         script = os.path.join(HERE, "torch_reference.py")
         return [
-            sys.executable,
+            torch_python,
             script,
             "--model",
             model,
@@ -74,12 +89,14 @@ def command(mode: str, model: str, steps: int, metrics: str, extra: list[str]) -
     raise ValueError(f"unknown mode {mode!r}")
 
 
-def run_once(mode: str, model: str, steps: int, extra: list[str]) -> dict:
+def run_once(
+    mode: str, model: str, steps: int, extra: list[str], torch_python: str, other_python: str | None = None
+) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         metrics = os.path.join(tmp, "m.jsonl")
         start = time.perf_counter()
         result = subprocess.run(
-            command(mode, model, steps, metrics, extra),
+            command(mode, model, steps, metrics, extra, torch_python, other_python),
             capture_output=True,
             text=True,
             stdin=subprocess.DEVNULL,
@@ -88,7 +105,7 @@ def run_once(mode: str, model: str, steps: int, extra: list[str]) -> dict:
         wall = time.perf_counter() - start
         if result.returncode != 0:
             raise RuntimeError(f"{mode} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-        if mode.startswith(("torch-", "ddp-")):
+        if mode.startswith(("torch-", "ddp-")) and not mode.endswith("@other"):
             record = json.loads(result.stdout.strip().splitlines()[-1])
         else:
             with open(metrics, encoding="utf-8") as f:
@@ -117,6 +134,18 @@ def main(argv: list[str] | None = None) -> int:
         "--steps", type=int, default=300, help="optimizer steps per run (default: %(default)s)"
     )
     parser.add_argument("--repeats", type=int, default=3, help="runs per mode; medians are reported")
+    parser.add_argument(
+        "--torch-python",
+        default=sys.executable,
+        help="the Python that runs the torch modes (one with torch and numpy_cnn installed; "
+        "default: this one)",
+    )
+    parser.add_argument(
+        "--other-python",
+        default=None,
+        help="the Python of another install of numpy_cnn (say, a worktree of the code before a change): "
+        "a mode written MODE@other runs with it, in turn with the others",
+    )
     have_torch = importlib.util.find_spec("torch") is not None
     parser.add_argument(
         "--modes",
@@ -136,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     records: dict[str, list[dict]] = {m: [] for m in modes}
     for r in range(args.repeats):
         for mode in modes:
-            records[mode].append(run_once(mode, args.model, args.steps, extra))
+            records[mode].append(
+                run_once(mode, args.model, args.steps, extra, args.torch_python, args.other_python)
+            )
             print(f"  repeat {r + 1} {mode}: {records[mode][-1]['samples_per_s']} samples/s", flush=True)
 
     def median(mode: str, key: str) -> float:
@@ -162,11 +193,36 @@ def main(argv: list[str] | None = None) -> int:
             row.append("0" if not mode.startswith(("torch", "ddp")) else "")
         print("| " + " | ".join(row) + " |")
     print()
+    for mode in modes:  # this install against the other, mode by mode
+        if f"{mode}@other" in modes:
+            ratio = median(mode, "samples_per_s") / median(f"{mode}@other", "samples_per_s")
+            print(f"- {mode}: {ratio:.2f}x the samples/s of {mode}@other")
+    report_buckets(modes, records)
     report_targets(modes, median, args.model)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"model": args.model, "steps": args.steps, "records": records}, f, indent=1)
     return 0
+
+
+def report_buckets(modes: list[str], records: dict[str, list[dict]]) -> None:
+    """Per bucket (the last layers' first): when the slowest worker had its gradient ready, when the
+    server had all of it, and when the server sent its update to the workers, in ms after the
+    step's start (medians over steps, then over the repeats)."""
+    rows = [m for m in modes if records[m] and "bucket_ready_ms" in records[m][0]]
+    if not rows:
+        return
+    print("| mode | bucket | gradient ready, ms | at the server, ms | update sent, ms | step ms |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for mode in rows:
+        recs = records[mode]
+        for b in range(len(recs[0]["bucket_ready_ms"])):
+            ready = statistics.median(r["bucket_ready_ms"][b] for r in recs)
+            came_in = statistics.median(r.get("bucket_in_ms", [0.0] * (b + 1))[b] for r in recs)
+            sent = statistics.median(r["bucket_sent_ms"][b] for r in recs)
+            step = statistics.median(r["step_ms"] for r in recs)
+            print(f"| {mode} | {b} | {ready:.2f} | {came_in:.2f} | {sent:.2f} | {step:.2f} |")
+    print()
 
 
 def records_have(modes: list[str], median, mode: str) -> bool:
@@ -189,7 +245,7 @@ def report_targets(modes: list[str], median, model: str) -> None:
             print(f"- {name}: {value:.2f} (target {target}) {'met' if ok(value) else 'MISSED'}")
 
     serial, torch2, ddp = sps("serial"), sps("torch-2"), sps("ddp-2")
-    w1, w2 = sps("workers-1"), sps("workers-2")
+    w1, w2, serial14 = sps("workers-1"), sps("workers-2"), sps("serial-1x4")
     limit = 1.5 if model == "conv-net" else 0.8
     line(
         f"serial {model} epoch time / PyTorch 2 threads",
@@ -202,6 +258,21 @@ def report_targets(modes: list[str], median, model: str) -> None:
         ddp / w2 if w2 and ddp else None,
         "<= 1.0",
         lambda v: v <= 1.0,
+    )
+    line(
+        "--workers 1 / serial --threads 1 --shards 4 samples/s",
+        w1 / serial14 if w1 and serial14 else None,
+        ">= 0.92",
+        lambda v: v >= 0.92,
+    )
+    line(
+        "--workers 2 / PyTorch DDP 2x1 samples/s",
+        w2 / ddp if w2 and ddp else None,
+        ">= 1.1",
+        lambda v: v >= 1.1,
+    )
+    line(
+        "--workers 2 / serial samples/s", w2 / serial if w2 and serial else None, ">= 1.0", lambda v: v >= 1.0
     )
     line("--workers 2 / --workers 1 samples/s", w2 / w1 if w1 and w2 else None, ">= 1.7", lambda v: v >= 1.7)
     if "workers-2" in modes and records_have(modes, median, "workers-2"):

@@ -1,7 +1,9 @@
-"""StepLedger: one step's bookkeeping on the server: who owes which tree node, and what has come in."""
+"""StepLedger: one step's bookkeeping on the server: who owes which bucket of which tree node, and
+what has come in."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -11,72 +13,121 @@ from numpy_cnn.shards import Node, cover, shard_bounds, tree_sum
 from .protocol import Message
 from .ranks import parse_nodes
 
+Owed = list[tuple[tuple[int, ...], list[Node]]]  # (buckets, nodes that owe exactly those buckets)
+
 
 class StepLedger:
-    """The nodes of the shard tree still owed this step (by a rank, or by nobody: orphans), the
-    gradient sums that have arrived for the others, and the answers that carried them."""
+    """For every bucket, the nodes of the shard tree still owed this step (by a rank, or by nobody:
+    orphans) and the gradient sums that have arrived for the others; which buckets the server
+    has updated; and the answers that finished a node (its last bucket), for the statistics."""
 
-    def __init__(self, shards: int) -> None:
+    def __init__(self, shards: int, buckets: list[list[int]]) -> None:
         self.shards = shards
-        self.owner: dict[Node, int | None] = {}  # node still owed -> rank computing it (None: nobody)
-        self.parts: dict[Node, Sequence[np.ndarray]] = {}
-        self.answers: list[Message] = []
+        self.buckets = buckets  # parameter indices of each bucket (numpy_cnn.buckets.plan)
+        self.last = len(buckets) - 1  # the bucket every job ends with: its answer carries the stats
+        self.owner: list[dict[Node, int | None]] = [{} for _ in buckets]  # still owed -> rank
+        self.parts: list[dict[Node, Sequence[np.ndarray]]] = [{} for _ in buckets]
+        self.arrived: list[list[Message]] = [[] for _ in buckets]  # the answers that brought them
+        self.updated: set[int] = set()  # buckets the server has updated this step
+        self.answers: list[Message] = []  # accepted answers of the last bucket
+        self.ready: list[float] = [0.0] * len(buckets)  # when each bucket's last sum was ready
+        self.came_in: list[float] = [0.0] * len(buckets)  # when it was all in, on the server's clock
         self.bounds: list[tuple[int, int]] = []  # the micro-shards' sample ranges in this batch
-        self.scratch: dict[Node, list[np.ndarray]] = {}  # the tree's inner sums, reused every step
+        self.scratch: list[dict] = [{} for _ in buckets]  # the tree's inner sums, reused every step
 
     def start(self, batch_length: int, work: dict[int, list[Node]]) -> None:
         """A new step over a batch of `batch_length` samples; `work` says who computes what (empty:
         nobody can yet, and every node waits for the first worker to be ready)."""
-        self.parts, self.answers = {}, []
+        self.answers, self.updated = [], set()
+        self.ready = [0.0] * len(self.buckets)
+        self.came_in = [0.0] * len(self.buckets)
         self.bounds = shard_bounds(batch_length, self.shards)
-        self.owner = {node: rank for rank, nodes in work.items() for node in nodes}
+        owner = {node: rank for rank, nodes in work.items() for node in nodes}
         if not work:
-            self.owner = dict.fromkeys(cover(0, self.shards, self.shards))
+            owner = dict.fromkeys(cover(0, self.shards, self.shards))
+        self.owner = [dict(owner) for _ in self.buckets]
+        self.parts = [{} for _ in self.buckets]
+        self.arrived = [[] for _ in self.buckets]
+
+    def complete(self, bucket: int) -> bool:
+        """Every node of `bucket` is in, and the server has not updated it yet."""
+        return not self.owner[bucket] and bucket not in self.updated
 
     @property
-    def complete(self) -> bool:
-        return not self.owner
+    def finished(self) -> bool:
+        """Every bucket of the step is updated."""
+        return len(self.updated) == len(self.buckets)
 
-    def owed_by(self, rank: int | None) -> list[Node]:
-        """The nodes `rank` still owes (None: the orphans nobody is computing)."""
-        return [node for node, owner in self.owner.items() if owner == rank]
+    def owed_by(self, rank: int | None) -> Owed:
+        """What `rank` still owes (None: the orphans nobody is computing), grouped by the buckets
+        each node owes; a job is one such group."""
+        owes: dict[Node, list[int]] = {}
+        for b, owner in enumerate(self.owner):
+            for node, r in owner.items():
+                if r == rank:
+                    owes.setdefault(node, []).append(b)
+        groups: dict[tuple[int, ...], list[Node]] = {}
+        for node, bs in owes.items():
+            groups.setdefault(tuple(bs), []).append(node)
+        return [(bs, sorted(nodes)) for bs, nodes in groups.items()]
 
-    def assign(self, nodes: Sequence[Node], rank: int | None) -> None:
-        self.owner.update(dict.fromkeys(nodes, rank))
+    def assign(self, buckets: Sequence[int], nodes: Sequence[Node], rank: int | None) -> None:
+        for b in buckets:
+            self.owner[b].update(dict.fromkeys(nodes, rank))
 
-    def release(self, nodes: Sequence[Node]) -> None:
-        """Nobody owes `nodes` any more: they are about to be handed out again, perhaps re-cut
-        into other nodes of the tree over the same shards."""
-        for node in nodes:
-            self.owner.pop(node, None)
+    def release(self, buckets: Sequence[int], nodes: Sequence[Node]) -> None:
+        """Nobody owes these buckets of `nodes` any more: they are about to be handed out again,
+        perhaps re-cut into other nodes of the tree over the same shards."""
+        for b in buckets:
+            for node in nodes:
+                self.owner[b].pop(node, None)
 
     def counts(self, nodes: Sequence[Node]) -> list[int]:
         """Samples under each node in this step's batch."""
         return [self.bounds[hi - 1][1] - self.bounds[lo][0] for lo, hi in nodes]
 
-    def check(self, rank: int, msg: Message, n_params: int) -> str | None:
+    def check(self, rank: int, msg: Message) -> str | None:
         """Why GRADS `msg` from `rank` does not answer what it owes, or None if it does."""
+        b = msg["bucket"]
+        if not 0 <= b < len(self.buckets):
+            return f"bucket {b}, but there are {len(self.buckets)}"
         try:
             nodes = parse_nodes(msg["nodes"], self.shards)
         except ValueError as e:
             return str(e)
-        stray = [node for node in nodes if self.owner.get(node, -1) != rank]
+        stray = [node for node in nodes if self.owner[b].get(node, -1) != rank]
         if stray:
-            return f"micro-shard nodes {stray} are not owed by worker {rank} (a duplicate, or not its work)"
+            return (
+                f"bucket {b} of micro-shard nodes {stray} is not owed by worker {rank} "
+                "(a duplicate, or not its work)"
+            )
         counts = self.counts(nodes)
         if msg["counts"] != counts:
             return f"sample counts {msg['counts']}, expected {counts}"
-        if len(msg.arrays) != len(nodes) * n_params:
-            return f"{len(msg.arrays)} arrays, expected {len(nodes) * n_params}"
+        n = len(self.buckets[b])
+        if len(msg.arrays) != len(nodes) * n:
+            return f"{len(msg.arrays)} arrays, expected {len(nodes) * n}"
         return None
 
-    def accept(self, msg: Message, n_params: int) -> None:
-        """Take the node sums of a checked GRADS message."""
+    def accept(self, msg: Message) -> int:
+        """Take the node sums of a checked GRADS message; returns its bucket."""
+        b, n = msg["bucket"], len(self.buckets[msg["bucket"]])
         for j, (lo, hi) in enumerate(msg["nodes"]):
-            del self.owner[(lo, hi)]
-            self.parts[(lo, hi)] = msg.arrays[j * n_params : (j + 1) * n_params]
-        self.answers.append(msg)
+            del self.owner[b][(lo, hi)]
+            self.parts[b][(lo, hi)] = msg.arrays[j * n : (j + 1) * n]
+        self.arrived[b].append(msg)
+        self.ready[b] = max(self.ready[b], msg["started"] + msg["compute_s"])
+        self.came_in[b] = time.monotonic()
+        if b == self.last:
+            self.answers.append(msg)
+        return b
 
-    def gradient(self) -> Sequence[np.ndarray]:
-        """The whole batch's gradient: the arrived parts added up the fixed tree."""
-        return tree_sum((0, self.shards), self.parts, self.scratch)
+    def gradient(self, bucket: int) -> Sequence[np.ndarray]:
+        """The whole batch's gradient of `bucket`: the arrived parts added up the fixed tree."""
+        return tree_sum((0, self.shards), self.parts[bucket], self.scratch[bucket])
+
+    def nonfinite_ranks(self, bucket: int) -> list[int]:
+        """The ranks whose sums of `bucket` hold a NaN or an Inf."""
+        return sorted(
+            {m["rank"] for m in self.arrived[bucket] if not all(np.isfinite(a).all() for a in m.arrays)}
+        )

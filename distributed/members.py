@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -16,6 +16,7 @@ class Member:
     boot: str = ""  # the machine's boot id, as it says: the same as the server's means one clock
     ready: bool = False
     asked: int = 0  # PARAMS messages sent to it
+    held: list[int] = field(default_factory=list)  # the version of each bucket it holds (-1: none)
 
 
 # a worker stopped at a breakpoint sends no heartbeats either: say so where silence drops one

@@ -15,15 +15,16 @@ from typing import Any
 import msgpack
 import numpy as np
 
-VERSION = 3  # 3: WELCOME carries what workers must agree with; REFUSE
+VERSION = 4  # 3: WELCOME carries what workers must agree with; REFUSE. 4: buckets, UPDATE
 HEARTBEATS_PER_TIMEOUT = 5  # a peer silent for a whole --timeout has missed this many heartbeats
 
 HELLO = "hello"  # worker -> server: rank, pid, boot (the machine's boot id: is its clock ours?)
 WELCOME = "welcome"  # server -> worker: rank, the job's config, what the worker must agree with
 REFUSE = "refuse"  # worker -> server: rank, how it differs (protocol, package, model, data)
 READY = "ready"  # worker -> server: rank; its data and replica are built
-PARAMS = "params"  # server -> worker: step, batch, the shard-tree nodes to compute; the parameters
-GRADS = "grads"  # worker -> server: the sums of the gradient over those nodes, and batch statistics
+PARAMS = "params"  # server -> worker: step, batch, the nodes and buckets to compute; all parameters or none
+UPDATE = "update"  # server -> worker: one bucket's new parameters, as soon as the server has them
+GRADS = "grads"  # worker -> server: one bucket's gradient sums over those nodes, and batch statistics
 HEARTBEAT = "heartbeat"  # both ways while nothing else is said: rank; the sender is alive
 STOP = "stop"  # server -> worker: reason
 FINISHED = "training finished"  # the STOP reason of a job that ended well; any other is a failure
@@ -40,19 +41,23 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
         "epoch": int,
         "index": int,
         "nodes": list,  # [[lo, hi], ...] shard-tree nodes whose gradient sums the server wants
+        "buckets": list,  # the buckets (numpy_cnn.buckets) whose sums it wants, one GRADS each
+        # arrays: every parameter of `version`, for this job; none: use the ones the worker holds
     },
+    UPDATE: {"step": int, "version": int, "bucket": int},  # version: the new one; its arrays
     GRADS: {
         "step": int,
         "version": int,
+        "bucket": int,
         "rank": int,
         "nodes": list,  # [[lo, hi], ...] shard ranges, one group of arrays per node
         "counts": list,  # samples in each node
         "loss": float,  # sum of the per-sample losses
         "correct": int,
-        "compute_s": float,
+        "compute_s": float,  # from `started` until this bucket's sums were ready
         "started": float,  # when the computation began, on the worker's monotonic clock
     },
-    HEARTBEAT: {"rank": int, "answered": int},  # answered: PARAMS the worker has finished with
+    HEARTBEAT: {"rank": int, "answered": int},  # answered: PARAMS the worker has sent every bucket of
     STOP: {"reason": str},
 }
 DTYPES = {np.dtype(np.float32).str: np.float32, np.dtype(np.float64).str: np.float64}

@@ -1,8 +1,11 @@
 """ParameterServer: holds the model's Tensor list and Adam, and runs the synchronous steps.
 
-One step: send the parameters to every worker, take each worker's subtree sums of the gradient
-(StepLedger keeps track of who owes what), add them up the fixed shard tree, run Adam, bump the
-version. `launch` runs one in a process of its own, or, with --single-process, in itself.
+One step: tell every worker which nodes of the shard tree to compute (with the parameters, to a
+worker that does not hold them all yet); take each worker's subtree sums of the gradient bucket by
+bucket as they are ready (StepLedger keeps track of who owes what); as soon as a bucket is in, add
+it up the fixed shard tree, run Adam on it and send its new values to every worker, while the
+workers still compute the buckets below; after the last bucket, bump the version. `launch` runs
+one in a process of its own, or, with --single-process, in itself.
 """
 
 from __future__ import annotations
@@ -13,24 +16,22 @@ from collections.abc import Callable
 
 import numpy as np
 
+from numpy_cnn import buckets
 from numpy_cnn.data import MNIST, global_batch, load, steps_per_epoch
-from numpy_cnn.metrics import epoch_record, evaluate, format_record
-from numpy_cnn.models import build, input_shape, outputs
+from numpy_cnn.models import build, input_shape
 from numpy_cnn.optim import Adam
-from numpy_cnn.runbook import RunBook
 from numpy_cnn.shards import Node
-from numpy_cnn.steplog import StepLog
 from numpy_cnn.trace import OFF
 
-from . import agreement, protocol
+from . import agreement, epochs, protocol
 from .config import JobConfig
-from .ledger import StepLedger
+from .ledger import Owed, StepLedger
 from .members import DEBUGGER_HINT, Member, WorkerLost
 from .protocol import HEARTBEATS_PER_TIMEOUT, Message, ProtocolError
 from .ranks import plan, share
-from .stats import EpochStats, boot_id, format_timing
-from .tracing import SERVER, process_trace, traced_events
+from .stats import EpochStats, boot_id
 from .transport import Transport
+from .updates import BucketUpdates
 
 log = logging.getLogger("numpy_cnn.distributed.server")
 
@@ -58,6 +59,10 @@ class ParameterServer:
         self.net = build(config.model, seed=config.seed, dtype=config.dtype, data=self.data)
         self.params = self.net.parameters
         self.optimizer = Adam(self.params, lr=config.lr)
+        self.buckets = buckets.plan(self.net)  # every worker derives the same plan from its net
+        self.updates = BucketUpdates(self.optimizer, self.buckets)
+        self.update_s = 0.0  # this step's time in summing, Adam and sending updates
+        self.sent_at = [0.0] * len(self.buckets)  # when each bucket's update went out, this step
         self.identity = agreement.identity(self.net, config.dataset)  # what every worker must share
         self.boot = boot_id()
         self.shape = input_shape(config.model, self.data)
@@ -70,7 +75,9 @@ class ParameterServer:
         self.next_tick = 0.0
         self.stalled_since: float | None = None  # when work was left with no live worker to do it
         self.batch = (0, 0)  # (epoch, index) of the current step
-        self.ledger = StepLedger(config.shards)  # the current step: who owes what, what has come in
+        self.ledger = StepLedger(
+            config.shards, self.buckets
+        )  # the current step: who owes what, what has come in
         self.last_plan: dict[int, list[Node]] = {}  # who computed what at the last step
         self.events = events or (lambda event: None)
         self.log = log
@@ -116,10 +123,10 @@ class ParameterServer:
             self._hello(peer, msg)
         elif msg.type == protocol.GRADS:
             reason = self._check_grads(peer, msg)
-            if reason is None:
-                self.ledger.accept(msg, len(self.params))
-            else:
+            if reason is not None:
                 self._reject(peer, reason)
+            elif self.ledger.complete(self.ledger.accept(msg)):
+                self._reduce(msg["bucket"])
         elif msg.type not in (protocol.READY, protocol.HEARTBEAT, protocol.REFUSE):
             self._reject(peer, f"unexpected {msg.type} message")
         elif rank is None:
@@ -132,6 +139,7 @@ class ParameterServer:
             self._lose(rank, f"refused the job: {msg['reason'][:500]}")
         elif not self.members[rank].ready:
             self.members[rank].ready = True
+            self.members[rank].held = [-1] * len(self.buckets)
             self.stalled_since = None
             log.info("server: worker %d is ready", rank)
             orphans = self.ledger.owed_by(None)
@@ -206,9 +214,10 @@ class ParameterServer:
             self.members[rank] = Member(rank, peer, msg["pid"], heard=time.monotonic(), boot=msg["boot"])
             self.ranks[peer] = rank
             log.info("server: worker %d connected (pid %d)", rank, msg["pid"])
-            welcome = protocol.encode(
-                protocol.WELCOME, rank=rank, config=self.config.to_dict(), expect=self.identity
-            )
+            config = self.config.to_dict()
+            if not (self.boot and msg["boot"] == self.boot):  # another machine: not on the trace's clock
+                config.update(trace=None, trace_steps=None)
+            welcome = protocol.encode(protocol.WELCOME, rank=rank, config=config, expect=self.identity)
             self._send(rank, welcome)
 
     def _lose(self, rank: int, why: str, hint: str = "") -> None:
@@ -228,36 +237,53 @@ class ParameterServer:
         if owed:
             self._hand_out(owed, self.ready_ranks())
 
-    def _hand_out(self, nodes: list[Node], ranks: list[int]) -> None:
-        """Have `ranks` compute `nodes` of this step, split evenly (no ranks: wait for one)."""
-        self.ledger.release(nodes)
+    def _hand_out(self, owed: Owed, ranks: list[int]) -> None:
+        """Have `ranks` compute the owed buckets of nodes of this step, split evenly (no ranks:
+        wait for one). Each takes them with this step's parameters, whatever it holds."""
+        for group, nodes in owed:
+            self.ledger.release(group, nodes)
         ranks = [r for r in ranks if r in self.members and self.members[r].ready]
         if not ranks:
-            self.ledger.assign(nodes, None)
+            for group, nodes in owed:
+                self.ledger.assign(group, nodes, None)
             if self.stalled_since is None:
                 self.stalled_since = time.monotonic()
             return
-        for rank, part in share(nodes, ranks, self.config.shards).items():
-            if rank not in self.members:  # lost while an earlier part was sent: pass its part on
-                self._hand_out(part, self.ready_ranks())
-                continue
-            self.ledger.assign(part, rank)
-            log.info("server: step %d: worker %d takes over micro-shards %s", self.step, rank, part)
-            self._send_params(rank, part)  # if it fails, _lose hands `part` on with the rest
+        for group, nodes in owed:
+            for rank, part in share(nodes, ranks, self.config.shards).items():
+                if rank not in self.members:  # lost while an earlier part was sent: pass its part on
+                    self._hand_out([(group, part)], self.ready_ranks())
+                    continue
+                self.ledger.assign(group, part, rank)
+                log.info(
+                    "server: step %d: worker %d takes over buckets %s of micro-shards %s",
+                    self.step,
+                    rank,
+                    list(group),
+                    part,
+                )
+                self._send_params(rank, part, group, full=True)  # if it fails, _lose hands it on
 
-    def _send_params(self, rank: int, nodes: list[Node]) -> None:
+    def _send_params(self, rank: int, nodes: list[Node], group: tuple[int, ...], full: bool) -> None:
+        """Ask `rank` for these buckets of these nodes; `full`: with every parameter of this step's
+        version (the old values of the buckets already updated this step), else with none."""
         epoch, index = self.batch
+        arrays = self.updates.before(self.ledger.updated) if full else []
         frames = protocol.encode(
             protocol.PARAMS,
-            [p.data for p in self.params],
+            arrays,
             step=self.step,
             version=self.version,
             epoch=epoch,
             index=index,
             nodes=[list(node) for node in nodes],
+            buckets=list(group),
         )
-        if rank in self.members:
-            self.members[rank].asked += 1
+        member = self.members.get(rank)
+        if member is not None:
+            member.asked += 1
+            if full:  # the worker keeps what it held older (Worker._weights): so does its record
+                member.held = [max(h, self.version) for h in member.held]
         self._send(rank, frames)
 
     def register(self) -> None:
@@ -288,11 +314,12 @@ class ParameterServer:
                 f"step {msg['step']} version {msg['version']}, "
                 f"expected step {self.step} version {self.version}"
             )
-        reason = self.ledger.check(rank, msg, len(self.params))
+        reason = self.ledger.check(rank, msg)
         if reason is not None:
             return reason
+        ids = self.buckets[msg["bucket"]]
         for i, a in enumerate(msg.arrays):
-            p = self.params[i % len(self.params)]
+            p = self.params[ids[i % len(ids)]]
             if a.shape != p.shape or a.dtype != p.dtype:
                 return f"array {i} is {a.dtype} {a.shape}, expected {p.dtype} {p.shape}"
         return None
@@ -309,6 +336,8 @@ class ParameterServer:
         start, began = time.perf_counter(), time.monotonic()
         self.batch = (epoch, index)
         self.trace.phase("send parameters")
+        self.update_s = 0.0
+        self.updates.begin(config.lr_at(self.step, self.per_epoch))  # Adam: bucket by bucket (_reduce)
         ready = self.ready_ranks()
         work = plan(ready, config.workers, config.shards) if ready else {}
         self.ledger.start(n, work)
@@ -318,40 +347,57 @@ class ParameterServer:
             self.last_plan = work
         else:  # every worker is gone: the first to be ready again gets the whole batch
             self.stalled_since = time.monotonic()
+        every = tuple(range(len(self.buckets)))
         for rank, nodes in work.items():
             if rank in self.members:  # an earlier send in this loop may have found it gone
-                self._send_params(rank, nodes)
-        self.trace.phase("receive gradients")
-        self._serve(lambda: self.ledger.complete)
-        waited = time.perf_counter()
-        self.trace.phase("sum")
-        gradient = self.ledger.gradient()
-        answers = self.ledger.answers
-        if not all(np.isfinite(g).all() for g in gradient):  # a NaN or Inf anywhere reaches the root
-            # a real worker's gradient blew up: no update can be trusted, stop before Adam
-            bad = sorted({m["rank"] for m in answers if not all(np.isfinite(a).all() for a in m.arrays)})
-            raise FloatingPointError(f"step {self.step}: worker(s) {bad} sent non-finite gradients")
-        for p, g in zip(self.params, gradient):
-            p.grad = g
-        self.trace.phase("Adam")
-        self.optimizer.lr = config.lr_at(self.step, self.per_epoch)
-        self.optimizer.update()
+                # a worker that got every update of the last step holds this version: no arrays
+                full = self.members[rank].held != [self.version] * len(self.buckets)
+                self._send_params(rank, nodes, every, full)
+        self.trace.phase("receive gradients")  # each bucket's sum, Adam and update inside (_reduce)
+        self._serve(lambda: self.ledger.finished)
+        self.trace.phase(None)
         self.step += 1
         self.version += 1
-        done = time.perf_counter()
+        answers, ledger = self.ledger.answers, self.ledger
         local = all(self.members[m["rank"]].boot == self.boot for m in answers if m["rank"] in self.members)
-        intervals = [(m["started"], m["started"] + m["compute_s"]) for m in answers]
-        stats.add_exposed(began, time.monotonic(), intervals if local and self.boot else None)
-        computes = [m["compute_s"] for m in answers]
-        compute = max(computes) if self.transport.parallel else sum(computes)
-        stats.steps += 1
-        stats.samples += n
-        stats.loss += sum(m["loss"] for m in answers)
-        stats.correct += sum(m["correct"] for m in answers)
-        stats.compute += compute
-        stats.comm += max(0.0, waited - start - compute)
-        stats.update += done - waited
+        stats.add_step(
+            n,
+            answers,
+            (start, time.perf_counter()),
+            (began, time.monotonic()) if local and self.boot else None,
+            self.update_s,
+            self.transport.parallel,
+            (ledger.ready, ledger.came_in, self.sent_at),
+        )
         stats.bytes += self.transport.sent_bytes - sent + self.transport.received_bytes - received
+
+    def _reduce(self, bucket: int) -> None:
+        """Every node of `bucket` is in: sum it up the tree, check it, run Adam on it alone and send
+        the new values to every ready worker at once."""
+        with self.trace.span("bucket", bucket=bucket):
+            self._update_bucket(bucket)
+
+    def _update_bucket(self, bucket: int) -> None:
+        began = time.perf_counter()
+        self.trace.phase("sum")
+        gradient = self.ledger.gradient(bucket)
+        if not all(np.isfinite(g).all() for g in gradient):  # a NaN or Inf anywhere reaches the root
+            # a real worker's gradient blew up: no update can be trusted; undo this step's others
+            self.updates.roll_back(self.ledger.updated)
+            self.ledger.updated = set()
+            bad = self.ledger.nonfinite_ranks(bucket)
+            raise FloatingPointError(f"step {self.step}: worker(s) {bad} sent non-finite gradients")
+        self.trace.phase("Adam")
+        new = self.updates.apply(bucket, gradient)
+        self.ledger.updated.add(bucket)
+        self.trace.phase("send update")
+        version = self.version + 1
+        frames = protocol.encode(protocol.UPDATE, new, step=self.step, version=version, bucket=bucket)
+        for rank in self.ready_ranks():
+            if self._send(rank, frames) and rank in self.members:
+                self.members[rank].held[bucket] = version
+        self.sent_at[bucket] = time.monotonic()
+        self.update_s += time.perf_counter() - began
 
     def stop_workers(self, reason: str) -> None:
         for member in self.members.values():
@@ -361,56 +407,6 @@ class ParameterServer:
                 pass  # already gone: nothing to stop
 
     def run(self) -> list[dict]:
-        """Register the workers and train for the configured epochs; returns one record per epoch."""
-        config = self.config
-        self.trace = process_trace(config, "server", SERVER, "server")
-        self.events = traced_events(self.trace, self.events)
-        classes = outputs(config.model, self.data)
-        book = RunBook(config, self.net, self.optimizer, self.per_epoch, self.log, self.shape, classes)
-        steps = StepLog(config.log_every, lambda record: book.write("step", record))
-        self.step = self.version = book.step
-        if book.resumed_from is not None:
-            self.events({"event": "resumed", "step": book.step, "checkpoint": str(book.resumed_from)})
-        self.register()
-        last_event = 0.0
-        reason = protocol.FINISHED
-        try:
-            for epoch, indices in book.epochs():
-                stats = EpochStats()
-                start = time.perf_counter()
-                for index in indices:
-                    before = stats.totals()
-                    self.trace.at_step(self.step + 1)
-                    with self.trace.span("step", step=self.step + 1):
-                        self.train_step(epoch, index, stats)
-                    book.stepped(self.step, epoch, index + 1)
-                    lr = config.lr_at(self.step - 1, self.per_epoch)
-                    steps.add(self.step, epoch + 1, lr, **stats.since(before))
-                    if time.monotonic() - last_event > 0.2 or index == indices.stop - 1:
-                        last_event = time.monotonic()
-                        self.events({"event": "step", "step": self.step, "epoch": epoch + 1})
-                seconds = time.perf_counter() - start
-                with self.trace.span("evaluate", always=True, epoch=epoch + 1):
-                    test_acc = evaluate(self.net, self.data.test, self.shape, between=self.keep_alive)
-                loss, train_acc = stats.loss / max(stats.samples, 1), stats.correct / max(stats.samples, 1)
-                record = epoch_record(epoch + 1, self.step, loss, train_acc, test_acc, seconds, stats.samples)
-                record.update(stats.timing())
-                steps.flush()  # a step line never spans two epochs
-                book.end_epoch(epoch, indices.stop, record)
-                self.log(format_record(record, config.n_epochs) + "  " + format_timing(record))
-                self.events({"event": "epoch", "record": record})
-        except KeyboardInterrupt:
-            reason = "interrupted"
-            raise
-        except BaseException as e:
-            reason = f"the server stopped: {e}"
-            raise
-        finally:
-            book.close()
-            self.stop_workers(reason)  # on errors too: workers need not wait to time out
-            self.trace.save()  # the launcher merges it with the other processes' parts
-        self.events({"event": "trained", "step": self.step})  # a failure from here on loses no training
-        book.save_weights()
-        if self.rejected:
-            log.warning("server: rejected %d messages in all", self.rejected)
-        return book.history
+        """Register the workers and train for the configured epochs; returns one record per epoch
+        (the run around the steps, its records, trace and end, is in epochs.py)."""
+        return epochs.run(self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 
 
@@ -14,12 +15,17 @@ class EpochStats:
     loss: float = 0.0
     correct: int = 0
     compute: float = 0.0  # the workers' forward/backward (the slowest worker's, when in parallel)
-    comm: float = 0.0  # the rest of the wait for gradients: encoding, the wire, decoding, stragglers
-    update: float = 0.0  # summing the tree and Adam
+    comm: float = 0.0  # the rest of the step: encoding, the wire, decoding, waiting for stragglers
+    update: float = 0.0  # the server summing the tree, running Adam and sending, bucket by bucket
     exposed: float = 0.0  # the part of the step in which no worker computed
     exposed_known: bool = True  # False when a worker's clock is not the server's (another machine)
     bytes: int = 0  # array and header frames sent and received by the server
     extra: dict = field(default_factory=dict)
+    # per step, per bucket: seconds after the step's start when the slowest worker had the
+    # bucket's gradient ready, when the server had all of it, and when it sent the bucket's update
+    bucket_ready: list[list[float]] = field(default_factory=list)
+    bucket_in: list[list[float]] = field(default_factory=list)
+    bucket_sent: list[list[float]] = field(default_factory=list)
 
     def timing(self) -> dict:
         """Per-step means, in ms (they add up to the step time) and bytes."""
@@ -32,6 +38,54 @@ class EpochStats:
             "update_ms": ms["update"],
             "exposed_comm_ms": round(1000 * self.exposed / n, 3) if self.exposed_known else None,
             "bytes_per_step": round(self.bytes / n),
+            **self.bucket_timing(),
+        }
+
+    def add_step(
+        self,
+        samples: int,
+        answers: list,
+        span: tuple[float, float],
+        clock: tuple[float, float] | None,
+        update: float,
+        parallel: bool,
+        buckets: tuple[list[float], ...],
+    ) -> None:
+        """One step of `samples`: the answers that ended the workers' jobs (GRADS messages of the
+        last bucket), its perf_counter `span`, the same on the monotonic clock the workers share
+        (None: they don't), the server's update time, whether the workers ran at the same time,
+        and per bucket the monotonic times it was ready, was in, and was sent."""
+        computes = [m["compute_s"] for m in answers]
+        compute = max(computes, default=0.0) if parallel else sum(computes)
+        self.steps += 1
+        self.samples += samples
+        self.loss += sum(m["loss"] for m in answers)
+        self.correct += sum(m["correct"] for m in answers)
+        self.compute += compute
+        self.comm += max(0.0, span[1] - span[0] - compute - update)
+        self.update += update
+        # a worker's compute ends with its last bucket: the rest of the step is exposed
+        intervals = [(m["started"], m["started"] + m["compute_s"]) for m in answers]
+        self.add_exposed(*(clock or (0.0, 0.0)), intervals if clock else None)
+        if clock and parallel:
+            began = clock[0]
+            self.bucket_ready.append([t - began for t in buckets[0]])
+            self.bucket_in.append([t - began for t in buckets[1]])
+            self.bucket_sent.append([t - began for t in buckets[2]])
+
+    def bucket_timing(self) -> dict:
+        """Medians over the steps, per bucket (in the order they are sent), in ms after the step's
+        start; nothing when unknown (in-process, or workers on other machines)."""
+        if not self.bucket_ready:
+            return {}
+
+        def medians(rows: list[list[float]]) -> list[float]:
+            return [round(1000 * statistics.median(col), 3) for col in zip(*rows)]
+
+        return {
+            "bucket_ready_ms": medians(self.bucket_ready),
+            "bucket_in_ms": medians(self.bucket_in),
+            "bucket_sent_ms": medians(self.bucket_sent),
         }
 
     def totals(self) -> tuple:

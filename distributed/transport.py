@@ -45,7 +45,7 @@ class Handler(Protocol):
 
     def hello(self) -> list: ...
 
-    def handle(self, msg: Message) -> list | None: ...
+    def handle(self, msg: Message) -> list[list]: ...
 
 
 def _nbytes(frames: Sequence[Any]) -> int:
@@ -116,9 +116,10 @@ class ZmqServerTransport:
         return socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def send(self, peer: bytes, frames: Sequence[Any]) -> None:
-        # copy=False: zmq reads the arrays in place. The server changes its parameters only after
-        # every live worker has answered this step, i.e. after these frames have been delivered.
-        # (A worker dropped as stuck may still have PARAMS queued; what it reads no longer counts.)
+        # copy=False: zmq reads the arrays in place. The server writes a parameter array only two
+        # versions later (it keeps two, server._reduce), after every live worker has answered the
+        # step in between, i.e. after these frames have been delivered. (A worker dropped as
+        # stuck may still have messages queued; what it reads no longer counts.)
         # A peer is its socket's index, then the routing id that socket gave the connection.
         try:
             self.sockets[peer[0]].send_multipart([peer[1:], *frames], copy=False, flags=zmq.NOBLOCK)
@@ -174,8 +175,7 @@ class LocalTransport:
             raise ConnectionError(f"no in-process worker {peer!r}")
         frames = [bytes(memoryview(f).cast("B")) for f in frames]
         self.sent_bytes += _nbytes(frames)
-        reply = self.workers[peer].handle(protocol.decode(frames))
-        if reply is not None:
+        for reply in self.workers[peer].handle(protocol.decode(frames)):  # a GRADS per bucket
             self._deliver_reply(peer, reply)
 
     def recv(self, timeout: float) -> tuple[bytes, list] | None:

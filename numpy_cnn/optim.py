@@ -32,9 +32,20 @@ class Optimizer:
     def update(self) -> None:
         self.t += 1
         for i, p in enumerate(self.params):
-            self._step(i, p)
+            self._step(i, p, p.data)
 
-    def _step(self, i: int, p: Tensor) -> None:
+    def update_some(self, indices: Iterable[int], out: Iterable[np.ndarray]) -> None:
+        """Part of a step: the parameters at `indices` only, each new value written into the
+        matching array of `out` (old values left as they are), after `t` was counted once for the
+        whole step (`t += 1`). Every rule is elementwise and `new = old - d` rounds as `old -= d`,
+        so a step done part by part has the bits of `update()`: a parameter server updates each
+        bucket of parameters as soon as its gradient is in, and keeps the old values for workers
+        that take over a lost worker's share of the same step."""
+        for i, o in zip(indices, out, strict=True):
+            self._step(i, self.params[i], o)
+
+    def _step(self, i: int, p: Tensor, out: np.ndarray) -> None:
+        """Update parameter i from p.grad; write its new value into `out` (p.data: in place)."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -66,7 +77,7 @@ class SGD(Optimizer):
         super().__init__(params, lr)
         self.momentum = momentum
 
-    def _step(self, i: int, p: Tensor) -> None:
+    def _step(self, i: int, p: Tensor, out: np.ndarray) -> None:
         if self.momentum:
             v = self.state["velocity"][i]
             v *= self.momentum
@@ -74,7 +85,7 @@ class SGD(Optimizer):
         else:
             v = p.grad
         buf = np.multiply(v, self.lr, out=self._buf[i])
-        p.data -= buf
+        np.subtract(p.data, buf, out=out)
 
 
 class Adam(Optimizer):
@@ -98,7 +109,7 @@ class Adam(Optimizer):
         super().__init__(params, lr)
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
 
-    def _step(self, i: int, p: Tensor) -> None:
+    def _step(self, i: int, p: Tensor, out: np.ndarray) -> None:
         m, v, buf = self.state["m"][i], self.state["v"][i], self._buf[i]
         b1, b2 = self.beta1, self.beta2
         m *= b1
@@ -113,4 +124,4 @@ class Adam(Optimizer):
         buf += self.eps
         np.divide(m, buf, out=buf)
         buf *= self.lr / (1 - b1**self.t)
-        p.data -= buf
+        np.subtract(p.data, buf, out=out)

@@ -164,13 +164,15 @@ def test_a_worker_whose_answers_are_rejected_is_dropped_and_its_work_redone(
     config = JobConfig("fc-net", workers=2, max_steps=5, timeout=1.0, data_dir=str(mnist_dir))
 
     class Miscounts(Worker):
-        def _step(self, msg):
-            frames = super()._step(msg)
-            if msg["step"] >= 2:
-                header = msgpack.unpackb(frames[0])
-                header["counts"] = [c + 1 for c in header["counts"]]
-                frames[0] = msgpack.packb(header)
-            return frames
+        def _step(self, msg, send):
+            def miscount(frames):
+                if msg["step"] >= 2:
+                    header = msgpack.unpackb(frames[0])
+                    header["counts"] = [c + 1 for c in header["counts"]]
+                    frames[0] = msgpack.packb(header)
+                send(frames)
+
+            super()._step(msg, miscount)
 
     server = ParameterServer(config, server_transport(), data)
     spawn_workers(server.transport.endpoint, 1, ranks=[0])
@@ -188,6 +190,48 @@ def test_a_worker_whose_answers_are_rejected_is_dropped_and_its_work_redone(
 
         clean = in_process_server(config, data)
         clean.run()
+    for a, b in zip(server.params, clean.params):
+        assert a.data.tobytes() == b.data.tobytes()
+
+
+def test_a_worker_lost_after_its_first_bucket_has_the_rest_redone_with_the_steps_old_parameters(
+    mnist_dir, spawn_workers, server_transport, job_keys, caplog
+):
+    """Rank 1 (a thread here) sends bucket 0 of step 2, then hangs. The server has updated bucket 0
+    by the time it drops rank 1, so rank 0 computes only buckets 1 and 2 of rank 1's nodes, with
+    the parameters the step started from (the spare buffers, updates.py): a clean run's weights."""
+    data = load("mnist", str(mnist_dir))
+    config = JobConfig("fc-net", workers=2, max_steps=5, timeout=1.0, data_dir=str(mnist_dir))
+    release = threading.Event()
+
+    class Hangs(Worker):
+        def _step(self, msg, send):
+            def first_bucket_only(frames):
+                send(frames)
+                if msg["step"] == 2:
+                    release.wait(60)  # stuck: no more buckets, no heartbeats
+
+            super()._step(msg, first_bucket_only)
+
+    server = ParameterServer(config, server_transport(), data)
+    spawn_workers(server.transport.endpoint, 1, ranks=[0])
+    hangs = threading.Thread(
+        target=serve,
+        args=(Hangs(1, data), server.transport.endpoint, keys.read(job_keys, keys.WORKER), 30.0),
+        daemon=True,
+    )
+    try:
+        with threadpool_limits(1), caplog.at_level(logging.INFO, logger="numpy_cnn.distributed.server"):
+            hangs.start()
+            server.run()
+            clean = in_process_server(config, data)
+            clean.run()
+    finally:
+        release.set()
+    hangs.join(timeout=10)
+    assert not hangs.is_alive()  # the server told it to stop when it dropped it
+    assert server.lost == 1
+    assert "step 2: worker 0 takes over buckets [1, 2] of micro-shards [(2, 4)]" in caplog.text
     for a, b in zip(server.params, clean.params):
         assert a.data.tobytes() == b.data.tobytes()
 

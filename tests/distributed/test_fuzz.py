@@ -7,6 +7,7 @@ final weights must be bitwise those of an undisturbed run.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -33,6 +34,7 @@ def malformed(rng: np.random.Generator, params: list[np.ndarray], step: int) -> 
     fields = {
         "step": step,
         "version": step,
+        "bucket": int(rng.integers(-1, 4)),
         "rank": 0,
         "nodes": [[0, 2]],
         "counts": [32],
@@ -161,11 +163,13 @@ def test_nan_gradients_from_a_worker_stop_the_run(mnist_dir, tmp_path):
     data = load("mnist", str(mnist_dir))
 
     class Broken(Worker):
-        def _step(self, msg):
-            frames = super()._step(msg)
-            if msg["step"] == 3:
-                frames[1] = np.full_like(frames[1], np.nan)
-            return frames
+        def _step(self, msg, send):
+            def poison(frames):  # the last bucket: the server has updated the others by then
+                if msg["step"] == 3 and msgpack.unpackb(frames[0])["bucket"] == 2:
+                    frames[1] = np.full_like(frames[1], np.nan)
+                send(frames)
+
+            super()._step(msg, poison)
 
     config = JobConfig(
         "fc-net",
@@ -178,7 +182,8 @@ def test_nan_gradients_from_a_worker_stop_the_run(mnist_dir, tmp_path):
     server = in_process_server(config, data, workers=[Worker(0, data), Broken(1, data)])
     with pytest.raises(FloatingPointError, match=r"step 3: worker\(s\) \[1\] sent non-finite gradients"):
         server.run()
-    assert server.step == 3  # the bad gradient never reached Adam
+    assert server.step == 3  # the bad gradient never reached Adam; the buckets updated before it
+    assert server.optimizer.t == 3  # are put back
     assert all(np.isfinite(p.data).all() for p in server.params)
     good = checkpoint.latest(tmp_path)  # the last good checkpoint is intact: step 3, these weights
     assert good.meta["step"] == 3
@@ -206,6 +211,60 @@ def test_duplicated_and_replayed_answers_from_real_workers_are_dropped(mnist_dir
     server = ParameterServer(config, Echo([Worker(r, data) for r in range(2)]), data)
     server.run()
     assert server.rejected >= 2 * 6
+    clean = in_process_server(config, data)
+    clean.run()
+    for a, b in zip(server.params, clean.params):
+        assert a.data.tobytes() == b.data.tobytes()
+
+
+def test_forged_bucket_messages_from_a_registered_worker_are_each_rejected(mnist_dir, caplog):
+    """Rank 1 sends, before each real bucket, the same bucket with a wrong step, version, bucket,
+    node, shape or dtype, and after it a duplicate: each is rejected for its reason, and the
+    weights are a clean run's."""
+    data = load("mnist", str(mnist_dir))
+
+    class Forger(Worker):
+        def _step(self, msg, send):
+            def forge(frames):
+                header, arrays = msgpack.unpackb(frames[0]), protocol.decode(frames).arrays
+
+                def again(changed=(), arrays=arrays):
+                    fields = {
+                        k: v
+                        for k, v in {**header, **dict(changed)}.items()
+                        if k not in ("v", "type", "arrays")
+                    }
+                    return protocol.encode(protocol.GRADS, arrays, **fields)
+
+                for fake in (
+                    again({"step": header["step"] + 1}),
+                    again({"version": header["version"] - 1}),
+                    again({"bucket": 7}),
+                    again({"nodes": [[0, 1]], "counts": [16]}),
+                    again(arrays=[a.reshape(-1) for a in arrays]),
+                    again(arrays=[a.astype(np.float64) for a in arrays]),
+                ):
+                    send(fake)
+                send(frames)
+                send(again())  # a duplicate
+
+            super()._step(msg, forge)
+
+    config = JobConfig("fc-net", workers=2, max_steps=4, data_dir=str(mnist_dir))
+    server = ParameterServer(config, LocalTransport([Worker(0, data), Forger(1, data)]), data)
+    with caplog.at_level(logging.WARNING, logger="numpy_cnn.distributed.server"):
+        server.run()
+    # 7 per bucket of each of 4 steps; the duplicate of the very last may still be queued at the end
+    assert 4 * 3 * 7 - 1 <= server.rejected <= 4 * 3 * 7 and server.lost == 0
+    for reason in (
+        "expected step 0 version 0",
+        "bucket 7, but there are 3",
+        "micro-shard nodes [(0, 1)] is not owed by worker 1",
+        "array 0 is float32 (40000,), expected float32 (400, 100)",
+        "array 0 is float64 (400, 100), expected float32 (400, 100)",
+        "(a duplicate, or not its work)",
+    ):
+        assert reason in caplog.text, reason
     clean = in_process_server(config, data)
     clean.run()
     for a, b in zip(server.params, clean.params):

@@ -22,7 +22,7 @@ def _as_received(frames):
 
 def test_round_trip_without_copies():
     arrays = _params()
-    frames = encode(protocol.PARAMS, arrays, step=3, version=3, epoch=0, index=2, nodes=[[0, 2]])
+    frames = encode(protocol.PARAMS, arrays, step=3, version=3, epoch=0, index=2, nodes=[[0, 2]], buckets=[0])
     assert frames[1] is arrays[0]  # the array itself is the frame: zmq sends it in place
     received = _as_received(frames)
     msg = decode(received)
@@ -40,10 +40,12 @@ def test_every_message_type_round_trips():
         protocol.WELCOME: {"rank": 1, "config": {"model": "fc-net"}, "expect": {"protocol": "3"}},
         protocol.REFUSE: {"rank": 1, "reason": "model differs"},
         protocol.READY: {"rank": 1},
-        protocol.PARAMS: {"step": 0, "version": 0, "epoch": 0, "index": 0, "nodes": [[0, 1]]},
+        protocol.PARAMS: {"step": 0, "version": 0, "epoch": 0, "index": 0, "nodes": [[0, 1]], "buckets": [0]},
+        protocol.UPDATE: {"step": 0, "version": 1, "bucket": 2},
         protocol.GRADS: {
             "step": 1,
             "version": 1,
+            "bucket": 0,
             "rank": 0,
             "nodes": [[0, 2]],
             "counts": [32],
@@ -99,7 +101,7 @@ def test_malformed_messages_are_rejected_with_a_reason(frames, reason):
 
 
 def test_non_finite_statistics_are_rejected():
-    fields = {"step": 1, "version": 1, "rank": 0, "nodes": [[0, 1]], "counts": [1], "correct": 0}
+    fields = {"step": 1, "version": 1, "bucket": 0, "rank": 0, "nodes": [[0, 1]], "counts": [1], "correct": 0}
     header = {
         "v": protocol.VERSION,
         "type": "grads",
@@ -123,8 +125,18 @@ def test_encode_refuses_arrays_it_cannot_send_as_they_are():
             epoch=0,
             index=0,
             nodes=[[0, 1]],
+            buckets=[0],
         )
     with pytest.raises(TypeError):
-        encode(protocol.PARAMS, [np.ones(3, np.int64)], step=0, version=0, epoch=0, index=0, nodes=[[0, 1]])
+        encode(
+            protocol.PARAMS,
+            [np.ones(3, np.int64)],
+            step=0,
+            version=0,
+            epoch=0,
+            index=0,
+            nodes=[[0, 1]],
+            buckets=[0],
+        )
     with pytest.raises(ProtocolError):
         encode(protocol.READY)

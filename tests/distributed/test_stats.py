@@ -24,3 +24,23 @@ def test_exposed_time_is_what_no_interval_covers():
 
 def test_boot_id_is_this_machines():
     assert boot_id() == boot_id() and len(boot_id()) in (0, 36)
+
+
+def test_a_step_adds_up_and_gives_per_bucket_times_after_its_start():
+    stats = EpochStats()
+    answers = [  # the last bucket's answers: each ends its worker's job
+        {"compute_s": 0.006, "started": 100.001, "loss": 1.0, "correct": 3},
+        {"compute_s": 0.008, "started": 100.001, "loss": 2.0, "correct": 4},
+    ]
+    times = ([100.004, 100.009], [100.005, 100.0095], [100.006, 100.0099])
+    stats.add_step(64, answers, (5.0, 5.010), (100.0, 100.010), 0.001, True, times)
+    timing = stats.timing()
+    assert (stats.loss, stats.correct, stats.samples) == (3.0, 7, 64)
+    assert timing["compute_ms"] == 8.0 and timing["update_ms"] == 1.0 and timing["comm_ms"] == 1.0
+    assert timing["step_ms"] == 10.0
+    assert timing["exposed_comm_ms"] == pytest.approx(2.0)  # before both started, after both ended
+    assert timing["bucket_ready_ms"] == [4.0, 9.0]
+    assert timing["bucket_in_ms"] == [5.0, 9.5]
+    assert timing["bucket_sent_ms"] == [6.0, 9.9]
+    stats.add_step(64, answers, (5.0, 5.010), None, 0.001, True, times)  # another machine's clock
+    assert stats.timing()["exposed_comm_ms"] is None and len(stats.bucket_ready) == 1

@@ -1,5 +1,6 @@
-"""Worker, driven message by message: its gradient sums are serial training's micro-shard
-gradients bit for bit, and it refuses what it cannot compute."""
+"""Worker, driven message by message: its gradient sums, bucket by bucket, are serial training's
+micro-shard gradients bit for bit; it keeps the parameters the server sends by bucket and version;
+and it refuses what it cannot compute."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from numpy_cnn import Net, layers
+from numpy_cnn import Net, buckets, layers
 from numpy_cnn.data import global_batch, load
 from numpy_cnn.distributed import agreement, protocol
 from numpy_cnn.distributed.config import JobConfig
@@ -27,22 +28,35 @@ def welcome(worker: Worker, config: JobConfig) -> None:
     expect = agreement.identity(build(config.model, seed=config.seed), config.dataset)
     msg = protocol.encode(protocol.WELCOME, rank=worker.rank, config=config.to_dict(), expect=expect)
     msg = protocol.decode(msg)
-    ready = protocol.decode(worker.handle(msg))
+    (ready,) = map(protocol.decode, worker.handle(msg))
     assert ready.type == protocol.READY and ready["rank"] == worker.rank
 
 
-def params(net, nodes, epoch=1, index=5, step=3):
+def params(net, nodes, epoch=1, index=5, step=3, wanted=(0, 1, 2), arrays=True):
     return protocol.decode(
         protocol.encode(
             protocol.PARAMS,
-            [p.data for p in net.parameters],
+            [p.data for p in net.parameters] if arrays else [],
             step=step,
             version=step,
             epoch=epoch,
             index=index,
             nodes=[list(n) for n in nodes],
+            buckets=list(wanted),
         )
     )
+
+
+def update(net, bucket, version):
+    ids = buckets.plan(net)[bucket]
+    frames = protocol.encode(
+        protocol.UPDATE,
+        [net.parameters[i].data for i in ids],
+        step=version - 1,
+        version=version,
+        bucket=bucket,
+    )
+    return protocol.decode(frames)
 
 
 def test_grads_are_the_serial_micro_shard_sums(data):
@@ -51,8 +65,11 @@ def test_grads_are_the_serial_micro_shard_sums(data):
     welcome(worker, config)
     net = build("conv-net", seed=7)  # weights that are not the workers' initial ones
     with threadpool_limits(1):
-        reply = protocol.decode(worker.handle(params(net, [(2, 4)])))
-        assert reply.type == protocol.GRADS and reply["nodes"] == [[2, 4]] and reply["counts"] == [32]
+        replies = [protocol.decode(f) for f in worker.handle(params(net, [(2, 4)]))]
+        assert [r["bucket"] for r in replies] == [0, 1, 2]  # the last layers' first
+        for r in replies:
+            assert r.type == protocol.GRADS and r["nodes"] == [[2, 4]] and r["counts"] == [32]
+        assert [r["compute_s"] for r in replies] == sorted(r["compute_s"] for r in replies)
         batch = global_batch(len(data.train), 64, 2, 1, 5, config.max_shift)
         bounds = shard_bounds(64, 4)
         leaves = {}
@@ -62,7 +79,53 @@ def test_grads_are_the_serial_micro_shard_sums(data):
             shard_gradient(replica, CrossEntropyLoss(), x, y, 64)
             leaves[(k, k + 1)] = [p.grad.copy() for p in replica.parameters]
     want = tree_sum((2, 4), leaves, {})
-    assert [a.tobytes() for a in reply.arrays] == [w.tobytes() for w in want]
+    for r, ids in zip(replies, buckets.plan(net)):
+        assert [a.tobytes() for a in r.arrays] == [want[i].tobytes() for i in ids]
+    # the job that sends only bucket 2 (a take-over of what a lost worker still owed) sends the same
+    with threadpool_limits(1):
+        (again,) = map(protocol.decode, worker.handle(params(net, [(2, 4)], wanted=[2])))
+    assert again["bucket"] == 2 and [a.tobytes() for a in again.arrays] == [
+        a.tobytes() for a in replies[2].arrays
+    ]
+
+
+def test_holds_parameters_by_bucket_and_version(data):
+    config = JobConfig("conv-net", workers=2, shards=4, seed=2)
+    worker = Worker(0, data)
+    welcome(worker, config)
+    old, new = build("conv-net", seed=7), build("conv-net", seed=8)
+    with pytest.raises(ProtocolError, match="holds versions"):  # nothing held yet: arrays needed
+        worker.handle(params(old, [(0, 2)], arrays=False))
+    with threadpool_limits(1):
+        worker.handle(params(old, [(0, 2)]))  # version 3, held from now on
+        for b in range(3):
+            worker.handle(update(new, b, 4))
+        streamed = worker.handle(params(new, [(0, 2)], step=4, arrays=False))  # uses what it holds
+        sent = worker.handle(params(new, [(0, 2)], step=4))
+        # a take-over job of version 3 brings its own parameters and leaves those held alone
+        worker.handle(params(old, [(0, 2)], step=3))
+        assert worker.held == [4, 4, 4]
+        assert all(
+            a is b.data or a.tobytes() == b.data.tobytes() for a, b in zip(worker.current, new.parameters)
+        )
+    assert len(streamed) == len(sent) == 3
+    for a, b in zip(map(protocol.decode, streamed), map(protocol.decode, sent)):
+        assert [x.tobytes() for x in a.arrays] == [y.tobytes() for y in b.arrays]
+    with pytest.raises(ProtocolError, match="holds versions"):
+        worker.handle(params(new, [(0, 2)], step=5, arrays=False))
+    with pytest.raises(ProtocolError, match="bucket 1 do not match"):
+        worker.handle(_wrong_bucket(new))
+    with pytest.raises(ProtocolError, match="update of bucket 3"):
+        worker.handle(protocol.decode(protocol.encode(protocol.UPDATE, [], step=0, version=9, bucket=3)))
+
+
+def _wrong_bucket(net):
+    """Bucket 1's update carrying bucket 0's arrays."""
+    ids = buckets.plan(net)[0]
+    frames = protocol.encode(
+        protocol.UPDATE, [net.parameters[i].data for i in ids], step=4, version=5, bucket=1
+    )
+    return protocol.decode(frames)
 
 
 def test_refuses_work_it_cannot_do(data):
@@ -78,10 +141,12 @@ def test_refuses_work_it_cannot_do(data):
         worker.handle(params(conv, [(1, 3)]))
     with pytest.raises(ProtocolError, match="has no batch"):
         worker.handle(params(conv, [(0, 2)], index=10_000))
+    with pytest.raises(ProtocolError, match="buckets"):
+        worker.handle(params(conv, [(0, 2)], wanted=[3]))
     with pytest.raises(ProtocolError, match="welcomed as rank 1"):
         worker.handle(protocol.decode(protocol.encode(protocol.WELCOME, rank=1, config={}, expect={})))
     stop = protocol.decode(protocol.encode(protocol.STOP, reason="test over"))
-    assert worker.handle(stop) is None and worker.stopped and worker.stop_reason == "test over"
+    assert worker.handle(stop) == [] and worker.stopped and worker.stop_reason == "test over"
 
 
 def test_a_worker_that_differs_from_the_server_refuses_naming_the_difference(data):

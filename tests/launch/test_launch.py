@@ -186,9 +186,11 @@ def test_any_worker_count_and_single_process_give_the_same_bits(mnist_dir, tmp_p
         assert record[key] > 0, key
     # local workers share the server's clock: the part of a step no worker computes is known
     assert 0 < record["exposed_comm_ms"] < record["step_ms"]
-    # each of 2 workers gets the weights and sends one gradient: 4 copies, plus small headers
+    # each of 2 workers gets the weights (bucket by bucket) and sends one gradient (one message a
+    # bucket): 4 copies, plus small headers; and the first step sends each all the weights once
     arrays = sum(a.nbytes for a in weights["workers-1"].values())
-    assert 4 * arrays < record["bytes_per_step"] < 4 * arrays + 2000
+    least = 4 * arrays + 2 * arrays / steps
+    assert least < record["bytes_per_step"] < least + 4000
 
 
 def test_a_different_seed_gives_different_weights(mnist_dir, tmp_path):
@@ -228,11 +230,12 @@ def test_dead_and_stuck_workers_leave_the_weights_bitwise_unchanged(mnist_dir, t
     log = "\n".join(job.seen)
     for expected in (
         # the crashed one's work, during a step or from the next one on
-        r"worker 0 takes over micro-shards \[\(2, 4\)\]|by worker: \{0: \[\(0, 2\), \(2, 4\)\]\}",
+        r"worker 0 takes over buckets \[[0-9, ]+\] of micro-shards \[\(2, 4\)\]"
+        r"|by worker: \{0: \[\(0, 2\), \(2, 4\)\]\}",
         r"server: worker 0 sent nothing for 2 s \(no heartbeat\)",
         r"launch: worker 0 \(pid \d+\) stopped responding; killing it",
         r"no restarts left \(--max-restarts 1\), the others carry on",
-        r"worker 1 takes over micro-shards|by worker: \{1: \[\(0, 2\), \(2, 4\)\]\}",
+        r"worker 1 takes over buckets|by worker: \{1: \[\(0, 2\), \(2, 4\)\]\}",
     ):
         assert re.search(expected, log), expected
     assert same_bits(load_npz(out), load_npz(reference))
@@ -248,11 +251,14 @@ def test_on_worker_failure_abort_stops_the_job(mnist_dir, tmp_path, running, fai
     pids = job.pids()
     os.kill(pids["worker 1"], signal.SIGKILL if failure == "killed" else signal.SIGSTOP)
     assert job.finish(timeout=20) == 1
-    if failure == "killed":  # the launcher sees the process die
-        expected = "launch: error: worker 1 was killed by SIGKILL (--on-worker-failure abort)"
+    if failure == "killed":  # the launcher sees the process die, or the server its socket close
+        expected = (
+            r"launch: error: worker 1 was killed by SIGKILL \(--on-worker-failure abort\)"
+            r"|error: worker 1 is unreachable \(.*\) at step \d+ \(--on-worker-failure abort\)"
+        )
     else:  # the server sees the silence
-        expected = "worker 1 sent nothing for 2 s (no heartbeat) at step"
-    assert any(expected in line for line in job.seen), "\n".join(job.seen)
+        expected = r"worker 1 sent nothing for 2 s \(no heartbeat\) at step"
+    assert any(re.search(expected, line) for line in job.seen), "\n".join(job.seen)
     assert any(f"--resume {ckdir}" in line for line in job.seen)
     assert wait_gone(list(pids.values()), timeout=5) == []
 

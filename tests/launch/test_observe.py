@@ -59,12 +59,37 @@ def test_step_lines_and_a_trace_leave_the_weights_alone(mnist_dir, tmp_path, mod
     assert sorted(p.name for p in tmp_path.iterdir() if ".part-" in p.name) == []
     names = {e["pid"]: e["args"]["name"] for e in events if e["name"] == "process_name"}
     assert names[0] == "server"
-    steps = [e for e in events if e["name"] == "step"]
-    assert [s["args"]["step"] for s in steps] == [2, 3, 4] and {s["pid"] for s in steps} == {0}
-    phases = ["send parameters", "receive gradients", "sum", "Adam"]
+    steps = [e for e in events if e["name"] == "step" and e["pid"] == 0]  # the server's
+    assert [s["args"]["step"] for s in steps] == [2, 3, 4]
+
+    def within(span: dict, names: list[str]) -> list[dict]:
+        """The events called `names` on `span`'s track group, inside it in time, in order."""
+        found = (e for e in events if e["name"] in names and e["pid"] == span["pid"] and inside(e, span))
+        return sorted(found, key=lambda e: e["ts"])
+
+    phases = ["send parameters", "receive gradients"]
     for step in steps:
-        inner = sorted((e for e in events if e["name"] in phases and inside(e, step)), key=lambda e: e["ts"])
-        assert [e["name"] for e in inner] == phases
+        assert [e["name"] for e in within(step, phases)] == phases
+        receive = within(step, ["receive gradients"])[0]
+        buckets = within(receive, ["bucket"])  # each summed, run through Adam and sent on its own
+        assert [b["args"]["bucket"] for b in buckets] == [0, 1, 2]  # the conv-net's, in backward order
+        for b in buckets:
+            assert [e["name"] for e in within(b, ["sum", "Adam", "send update"])] == [
+                "sum",
+                "Adam",
+                "send update",
+            ]
+    # one track per worker: its step's forward per micro-shard, then the backward, with the buckets sent
+    for rank in (0, 1):
+        mine = [e for e in events if e["pid"] == 1 + rank]
+        assert names[1 + rank] == f"worker {rank}"
+        for step in (e for e in mine if e["name"] == "step"):
+            spans = within(step, ["forward", "backward"])
+            assert [e["name"] for e in spans] == ["forward", "forward", "backward"], spans
+            assert [e["args"]["shard"] for e in spans[:2]] == [2 * rank, 2 * rank + 1]
+            sent = [e for e in mine if e["name"] == "bucket sent" and spans[2]["ts"] <= e["ts"]]
+            assert [e["args"]["bucket"] for e in sent[:3]] == [0, 1, 2]
+        assert [e["args"]["step"] for e in mine if e["name"] == "step"] == [2, 3, 4]
     assert len([e for e in events if e["name"] == "evaluate"]) == 1
     assert "left by an earlier run" not in trace.read_text()
 

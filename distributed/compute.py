@@ -1,0 +1,98 @@
+"""One job of a worker: the gradient of its micro-shards, streamed to the server bucket by bucket.
+
+Every owned micro-shard has its own replica of the net (sharing the weight arrays, owning its
+gradients and caches). The job runs the forward pass of every shard, then the backward pass
+layer by layer across the shards, from the last layer down; as soon as the lowest layer of a
+bucket (numpy_cnn.buckets) is done for every shard, the bucket's gradient is summed over each
+owned node of the shard tree and handed on, while the backward pass goes on below. Each shard
+does exactly the arithmetic of numpy_cnn.shards.shard_gradient, so the bits are serial
+training's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from numpy_cnn.buckets import lowest_layers
+from numpy_cnn.loss import CrossEntropyLoss
+from numpy_cnn.models import build
+from numpy_cnn.net import Net
+from numpy_cnn.shards import Node, tree_sum
+
+# what a job hands on for each bucket: (bucket, its node sums in node order, seconds since the start)
+Emit = Callable[[int, list[np.ndarray], float], None]
+
+
+class ShardJob:
+    """The replicas and gradient buffers of one worker's micro-shards, kept from job to job."""
+
+    def __init__(self, model: str, seed: int, dtype: str, buckets: list[list[int]], data=None) -> None:
+        self.model, self.seed, self.dtype = model, seed, dtype
+        self.data = data  # your own model is built for the data's sample shape and classes
+        self.buckets = buckets
+        self.replicas: dict[int, Net] = {}  # micro-shard -> its replica (made on first use)
+        self.leaf_grads: dict[Node, list[np.ndarray]] = {}  # backward writes straight into these
+        self.scratch: list[dict] = [{} for _ in buckets]  # the tree's inner sums, per bucket
+        self.loss = CrossEntropyLoss()
+        self.lowest: list[int] | None = None
+
+    def replica(self, k: int) -> Net:
+        net = self.replicas.get(k)
+        if net is None:
+            net = self.replicas[k] = build(self.model, seed=self.seed, dtype=self.dtype, data=self.data)
+            grads = self.leaf_grads[(k, k + 1)] = [np.zeros_like(p.data) for p in net.parameters]
+            for p, g in zip(net.parameters, grads):
+                p.grad = g
+            if self.lowest is None:
+                self.lowest = lowest_layers(net, self.buckets)
+        return net
+
+    def forward(
+        self, k: int, weights: Sequence[np.ndarray], x: np.ndarray, y: np.ndarray, total: int, noise: tuple
+    ) -> tuple[float, int, np.ndarray | None]:
+        """Micro-shard k's forward pass and its loss: (sum of losses, correct, d loss / d output);
+        an empty shard (a short last batch) has zero gradients and no backward pass."""
+        net = self.replica(k)
+        for p, w in zip(net.parameters, weights):
+            p.data = w  # forward and backward only read the weights
+        net.set_noise(*noise)
+        if len(y) == 0:
+            for p in net.parameters:
+                p.grad.fill(0)
+            return 0.0, 0, None
+        preds = net.forward(x)
+        loss = self.loss.loss(preds, y) * len(y)
+        return loss, int(np.sum(preds.argmax(axis=1) == y)), self.loss.grad(preds, y, total=total)
+
+    def backward(
+        self,
+        grads: dict[int, np.ndarray | None],
+        nodes: Sequence[Node],
+        wanted: Sequence[int],
+        started: float,
+        emit: Emit,
+        progress: Callable[[], None],
+    ) -> None:
+        """The backward pass of micro-shards `grads` (k -> d loss / d output, None: empty shard),
+        layer by layer; each bucket in `wanted` goes to `emit` as soon as it is final."""
+        depth = len(next(iter(self.replicas.values())).layers)
+        for i in reversed(range(depth)):
+            for k, g in grads.items():
+                if g is not None:  # the same calls as Net.backward
+                    grads[k] = self.replicas[k].layers[i].backward(g, input_grad=i > 0)
+            for b, lowest in enumerate(self.lowest):
+                if lowest == i and b in wanted:
+                    emit(b, self.sums(b, list(grads), nodes), time.monotonic() - started)
+                    progress()
+
+    def sums(self, b: int, leaves: list[int], nodes: Sequence[Node]) -> list[np.ndarray]:
+        """Bucket b's gradient summed over each of `nodes` in the fixed tree, node after node."""
+        ids = self.buckets[b]
+        parts = {(k, k + 1): [self.leaf_grads[(k, k + 1)][i] for i in ids] for k in leaves}
+        arrays: list[np.ndarray] = []
+        for node in nodes:
+            arrays.extend(tree_sum(node, parts, self.scratch[b]))
+        return arrays

@@ -1,0 +1,316 @@
+"""How a worker process talks to its server: one thread on the ZeroMQ socket (`Talk`), one that
+computes (`ComputeThread`), and `serve`, which runs them until the server says stop.
+
+The worker itself (distributed.worker.Worker) only reacts to messages; everything about sockets,
+heartbeats, silence and coming back to a restarted server is here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from . import agreement, protocol
+from .config import JobConfig
+from .keys import Keys
+from .protocol import Message, ProtocolError
+
+log = logging.getLogger("numpy_cnn.distributed.worker")
+
+HELLO_INTERVAL_S = 1.0  # a worker not yet welcomed says HELLO again this often
+
+Worker = Any  # distributed.worker.Worker, which imports this module: hello, handle, prepare_next
+
+
+class ServerSilent(TimeoutError):
+    """The server, after welcoming this worker, said nothing for the job's --timeout."""
+
+
+class ComputeThread:
+    """One daemon thread that runs `worker.handle` on one message at a time.
+
+    The thread never touches the socket (ZeroMQ sockets are not thread-safe): each bucket's GRADS
+    that a job sends goes into `outbox`, and a byte on a pipe wakes the talking thread's poll to
+    send it at once; so does the end of a job. A daemon, so a computation that hangs never keeps
+    the process from exiting. The pipe is never closed: the thread may still write to it after
+    the talking thread has given up, and the process ends soon after.
+    """
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        self.jobs: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        self.outbox: queue.SimpleQueue[list] = queue.SimpleQueue()  # frames for the talking thread
+        self.result: tuple[list, BaseException | None] | None = None
+        self.busy = False
+        threading.Thread(target=self._run, name="compute", daemon=True).start()
+
+    def submit(self, msg: Message) -> None:
+        self.busy, self.result = True, None
+        self.jobs.put(msg)
+
+    def woken(self) -> None:
+        """Read the wake-up bytes (the poll said there are some)."""
+        try:
+            os.read(self.wake_r, 4096)
+        except BlockingIOError:
+            pass
+
+    def take(self) -> list:
+        """The finished job's replies; raises what the job raised."""
+        (replies, error), self.result, self.busy = self.result, None, False
+        if error is not None:
+            raise error
+        return replies
+
+    def _send(self, frames: list) -> None:
+        self.outbox.put(frames)
+        os.write(self.wake_w, b".")
+
+    def _run(self) -> None:
+        while True:
+            msg = self.jobs.get()
+            try:
+                self.result = (self.worker.handle(msg, self._send), None)
+            except BaseException as e:  # handed to the talking thread, which raises it
+                self.result = ([], e)
+            os.write(self.wake_w, b".")
+            if self.jobs.empty():
+                try:  # idle until the next parameters arrive: get their batch ready
+                    self.worker.prepare_next()
+                except Exception as e:  # only a head start: the step makes its samples itself
+                    log.warning("worker %d: could not prepare the next batch: %s", self.worker.rank, e)
+
+
+class Link:
+    """One DEALER socket to the server (CURVE over tcp://), and a monitor that says when it drops.
+
+    A worker that loses its server opens a fresh Link rather than reusing the old socket: nothing
+    queued for the old server (a late gradient, a heartbeat) can then reach the one replacing it,
+    and the new connection starts with a fresh CURVE handshake.
+    """
+
+    def __init__(self, context: zmq.Context, endpoint: str, keys: Keys, send_timeout: float) -> None:
+        self.socket = context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.SNDTIMEO, int(send_timeout * 1000))  # a send that cannot be queued fails
+        if not endpoint.startswith("ipc://"):  # a Unix socket in the server's private folder needs no CURVE
+            self.socket.curve_secretkey = keys.secret
+            self.socket.curve_publickey = keys.public
+            self.socket.curve_serverkey = keys.peer_public
+        self.monitor = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        try:
+            self.socket.connect(endpoint)
+        except zmq.ZMQError:
+            self.close()  # else the context could never be terminated
+            raise
+
+    def dropped(self) -> bool:
+        """Whether the connection has dropped since the last call (reads the monitor's events)."""
+        gone = False
+        while self.monitor.poll(0):
+            gone |= recv_monitor_message(self.monitor)["event"] == zmq.EVENT_DISCONNECTED
+        return gone
+
+    def close(self, linger: float = 0.0) -> None:
+        self.socket.disable_monitor()
+        self.monitor.close(linger=0)
+        self.socket.close(linger=int(linger * 1000))
+
+
+class Talk:
+    """The talking side of `serve`: the connection to the server, what it has said, and when.
+
+    A worker that a server has welcomed and that then loses it (silent for --timeout, or the
+    connection drops) goes back to saying HELLO on a fresh Link, if the job can bring its server
+    back (--checkpoint-dir and --max-restarts above 0: the launcher restarts a dead server from its
+    newest checkpoint, at the same address). It gives up after --join-timeout with ServerSilent.
+    Each Link is a generation: an answer computed for an older one is dropped, never sent on.
+    """
+
+    def __init__(self, worker: Worker, endpoint: str, keys: Keys, join_timeout: float) -> None:
+        self.worker, self.endpoint, self.keys, self.join_timeout = worker, endpoint, keys, join_timeout
+        self.context = zmq.Context()
+        self.compute = ComputeThread(worker)
+        self.poller = zmq.Poller()
+        self.poller.register(self.compute.wake_r, zmq.POLLIN)
+        self.link: Link | None = None
+        self.generation = 0  # one per Link
+        self.job_generation = 0  # the Link the compute thread's current job came in on
+        self.computing = False  # the current job is a gradient (not the setup)
+        self.rejoining = False  # a server welcomed this worker, then went away
+        self.may_rejoin = False  # the job's server can come back (from the welcome's config)
+        self.linger = 0.0  # seconds the last message may take to leave when the socket closes
+        try:
+            self._connect()
+        except zmq.ZMQError:
+            self.context.term()
+            raise
+
+    def _connect(self) -> None:
+        """A fresh Link; not welcomed yet: HELLO every second until `join_timeout`."""
+        if self.link is not None:
+            self.poller.unregister(self.link.socket)
+            self.poller.unregister(self.link.monitor)
+            self.link.close()
+        self.link = Link(self.context, self.endpoint, self.keys, self.join_timeout)
+        self.poller.register(self.link.socket, zmq.POLLIN)
+        self.poller.register(self.link.monitor, zmq.POLLIN)
+        self.listening = True  # the poll wakes this thread for the socket (see run)
+        self.generation += 1
+        self.todo: deque[Message] = deque()  # what the server sent, for the compute thread
+        self.welcomed = False
+        self.answered = 0  # PARAMS of this Link finished
+        self.timeout, self.interval = self.join_timeout, HELLO_INTERVAL_S
+        self.heard = self.beat_due = time.monotonic()
+        self.beat_progress = -1
+
+    def send(self, frames: Sequence[Any]) -> None:
+        try:
+            self.link.socket.send_multipart(frames, copy=False)
+        except zmq.Again:
+            raise ConnectionError(f"cannot send to the server at {self.endpoint}: nothing leaves") from None
+
+    def close(self) -> None:
+        self.link.close(self.linger)
+        self.context.term()
+
+    def _lost(self, why: str) -> None:
+        """The server that welcomed this worker is gone: say HELLO to the one replacing it, or give up."""
+        if not self.may_rejoin:
+            raise ServerSilent(why)
+        log.warning(
+            "worker %d: %s; saying HELLO until a server welcomes it back (up to %g s)",
+            self.worker.rank,
+            why,
+            self.join_timeout,
+        )
+        self.rejoining = True
+        self._connect()
+
+    def run(self) -> None:
+        worker, compute = self.worker, self.compute
+        while not worker.stopped:
+            # a job's result comes after all it sent: look at it first, then send what it sent
+            finished = compute.busy and compute.result is not None
+            while not compute.outbox.empty():  # each bucket's gradient, as soon as it is ready
+                frames = compute.outbox.get()
+                if self.job_generation == self.generation:  # else: for a server that is gone
+                    self.send(frames)
+            if finished:
+                try:
+                    replies = compute.take()  # the compute thread's errors are raised here
+                except agreement.Disagreement as e:  # tell the server why, then end
+                    self.send(protocol.encode(protocol.REFUSE, rank=worker.rank, reason=str(e)))
+                    self.linger = 1.0
+                    raise
+                if self.job_generation == self.generation:
+                    for frames in replies:
+                        self.send(frames)
+                    self.answered += self.computing
+            if not compute.busy and self.todo:
+                msg = self.todo.popleft()
+                self.computing = msg.type == protocol.PARAMS
+                self.job_generation = self.generation
+                compute.submit(msg)
+            # While a job computes, the socket is read only when this thread wakes anyway (a
+            # bucket to send, a heartbeat due): every wake-up takes the interpreter from the
+            # computation, and the UPDATEs that arrive meanwhile are needed only by the next job.
+            quiet = compute.busy and self.computing
+            if quiet == self.listening:
+                if quiet:
+                    self.poller.unregister(self.link.socket)
+                else:
+                    self.poller.register(self.link.socket, zmq.POLLIN)
+                self.listening = not quiet
+            while quiet and self.link.socket.poll(0) and not worker.stopped:
+                self._receive()
+            now = time.monotonic()
+            if now >= self.beat_due:
+                if not self.welcomed:
+                    self.send(worker.hello())  # again and again: the rank may not be free yet
+                elif not (compute.busy and self.computing and worker.progress == self.beat_progress):
+                    self.send(protocol.encode(protocol.HEARTBEAT, rank=worker.rank, answered=self.answered))
+                self.beat_progress, self.beat_due = worker.progress, now + self.interval
+            if now - self.heard > self.timeout:
+                if self.welcomed:
+                    silent = f"has not said anything for {self.timeout:g} s: it is gone or stuck"
+                    self._lost(f"the server at {self.endpoint} {silent}")
+                    continue
+                if self.rejoining:
+                    raise ServerSilent(
+                        f"the server at {self.endpoint} went away, and none welcomed this worker back "
+                        f"within {self.timeout:g} s"
+                    )
+                raise TimeoutError(
+                    f"the server at {self.endpoint} did not welcome this worker in {self.timeout:g} s"
+                )
+            wait = max(0.0, min(self.beat_due, self.heard + self.timeout) - now)
+            ready = dict(self.poller.poll(wait * 1000 + 1))
+            if compute.wake_r in ready:
+                compute.woken()  # what woke it is handled at the top of the loop
+            if self.link.socket in ready:
+                self._receive()
+            # without a way back for the server, a dropped connection is left to ZeroMQ to mend
+            elif self.link.monitor in ready and self.link.dropped() and self.welcomed and self.may_rejoin:
+                while self.link.socket.poll(0) and not worker.stopped:  # what it said before it went
+                    self._receive()  # (a STOP, at the end of the job)
+                if not worker.stopped:
+                    self._lost(f"the connection to the server at {self.endpoint} dropped")
+
+    def _receive(self) -> None:
+        frames = self.link.socket.recv_multipart(copy=False)
+        self.heard = time.monotonic()
+        try:
+            msg = protocol.decode(frames)
+        except ProtocolError as e:
+            log.warning("worker %d: rejected a message from the server: %s", self.worker.rank, e)
+            return
+        if msg.type == protocol.WELCOME and not self.welcomed:
+            try:  # from now on, the job's timeout, as the server counts it
+                config = JobConfig.from_dict(msg["config"])
+            except (TypeError, ValueError) as e:
+                raise ProtocolError(f"bad job config from the server: {e}") from None
+            self.timeout = config.timeout
+            self.interval = self.timeout / protocol.HEARTBEATS_PER_TIMEOUT
+            self.may_rejoin = bool(config.checkpoint_dir) and config.max_restarts > 0
+            if self.rejoining:
+                log.info("worker %d: welcomed back by the server at %s", self.worker.rank, self.endpoint)
+            self.welcomed = True
+            self.todo.append(msg)
+        elif msg.type == protocol.PARAMS:
+            self.todo.append(msg)
+        else:
+            try:
+                self.worker.handle(msg)  # UPDATE, HEARTBEAT, STOP: nothing to compute
+            except ProtocolError as e:
+                log.warning("worker %d: rejected a message from the server: %s", self.worker.rank, e)
+
+
+def serve(worker: Worker, endpoint: str, keys: Keys, join_timeout: float) -> None:
+    """Run `worker` over a CURVE DEALER socket connected to the server until it is told to stop.
+
+    This thread only talks: it sends HELLO every second until welcomed (giving up after
+    `join_timeout`), then heartbeats, and notices a server silent for the job's --timeout, which
+    the welcome carries, or a dropped connection; then it says HELLO again if the job's server can
+    come back (see Talk). The work (setup, gradients) runs on one compute thread; an error there
+    ends the worker. While a gradient is being computed, a heartbeat goes out only if a
+    micro-shard has finished since the last one, so a computation that hangs goes silent like a
+    dead process does. Each heartbeat says how many PARAMS this worker has answered, so the
+    server can tell an answer it rejected from one still being computed.
+    """
+    talk = Talk(worker, endpoint, keys, join_timeout)
+    try:
+        talk.run()
+    finally:
+        talk.close()

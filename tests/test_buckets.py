@@ -1,0 +1,33 @@
+"""The bucket plan: the parameters in the order the backward pass finishes them, a pure function
+of the net."""
+
+from __future__ import annotations
+
+from numpy_cnn import buckets
+from numpy_cnn.models import build
+
+
+def test_conv_net_buckets_are_the_linear_head_fc1_and_the_convolutions():
+    net = build("conv-net")
+    plan = buckets.plan(net)
+    assert plan == [[6, 7, 8, 9], [4, 5], [0, 1, 2, 3]]  # fc3+fc2, fc1 alone, conv2+conv1
+    assert buckets.lowest_layers(net, plan) == [9, 7, 0]
+    assert plan == buckets.plan(build("conv-net", seed=9))  # the weights do not matter
+
+
+def test_every_parameter_once_layers_whole_and_the_cap_respected():
+    for name in ("fc-net", "conv-net"):
+        net = build(name)
+        sizes = [p.data.nbytes for p in net.parameters]
+        for cap in (1, 4096, buckets.BUCKET_BYTES, 1 << 30):
+            plan = buckets.plan(net, cap)
+            assert sorted(i for b in plan for i in b) == list(range(len(sizes)))
+            for layer in buckets.layer_params(net):  # a layer's parameters share a bucket
+                assert sum(set(layer) <= set(b) for b in plan) == 1
+            for b in plan:  # over the cap only when it is one layer
+                assert sum(sizes[i] for i in b) <= cap or any(
+                    set(b) == set(layer) for layer in buckets.layer_params(net)
+                )
+            lows = buckets.lowest_layers(net, plan)
+            assert lows == sorted(lows, reverse=True)  # finished in backward order
+        assert len(buckets.plan(net, 1 << 30)) == 1
