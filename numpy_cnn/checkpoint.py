@@ -146,11 +146,13 @@ def save_run(
     per_epoch: int,
     net,
     optimizer,
+    model: dict | None = None,
 ) -> Path:
-    """Checkpoint a training run whose next batch is `index` of `epoch` (normalized past an epoch's end)."""
+    """Checkpoint a training run whose next batch is `index` of `epoch` (normalized past an epoch's
+    end); `model` is what the net is (sample shape, classes), so that it can be rebuilt from it."""
     if index == per_epoch:
         epoch, index = epoch + 1, 0
-    meta = {"config": identity, "step": step, "epoch": epoch, "index": index}
+    meta = {"config": identity, "step": step, "epoch": epoch, "index": index, **(model or {})}
     params = {k: p.data for k, p in net.named_parameters().items()}
     return save(directory, meta, params, optimizer.state_dict())
 

@@ -102,6 +102,7 @@ class RunBook:
                 self.per_epoch,
                 self.net,
                 self.optimizer,
+                {"sample_shape": list(self.sample_shape), "classes": self.classes},
             )
             self.saved = self.step
 

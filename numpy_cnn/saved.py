@@ -83,7 +83,9 @@ def read(path: str | os.PathLike) -> SavedModel:
         except checkpoint.CheckpointError as e:
             raise SavedModelError(str(e)) from None
         config = ck.meta.get("config", {})
-        meta = {"model": config.get("model"), "dtype": config.get("dtype"), "dataset": config.get("dataset")}
+        meta = {key: config.get(key) for key in ("model", "dtype", "dataset")}
+        # what the net is: in checkpoints from this version on (older ones: a built-in model's own)
+        meta.update({k: ck.meta[k] for k in ("sample_shape", "classes") if k in ck.meta})
         return SavedModel(path, {**meta, "step": ck.meta.get("step")}, ck.params)
     meta: dict[str, Any] = {}
     if META in arrays:

@@ -142,3 +142,30 @@ def test_init_from_must_fit_the_model(trained, mnist_dir, tmp_path):
             timeout=60,
         )
         assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+def test_a_checkpoint_of_your_own_model_rebuilds_from_the_file_alone(tmp_path, monkeypatch):
+    from own_sets import make_set, write_npz
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # checked sets are remembered here
+
+    from numpy_cnn.api import fit
+
+    data = write_npz(tmp_path / "set.npz", make_set(n_train=128, n_test=64, classes=3, shape=(6, 6)))
+    (tmp_path / "mine.py").write_text(
+        "from numpy_cnn import Flatten, Linear, Net\n\n"
+        "def net(rng, sample_shape, classes):\n"
+        "    return Net([Flatten(), Linear(sample_shape[-1] * sample_shape[-2], classes, rng=rng)])\n"
+    )
+    net, _ = fit(
+        f"{tmp_path / 'mine.py'}:net",
+        dataset=str(data),
+        max_steps=3,
+        checkpoint_dir=str(tmp_path / "ck"),
+        progress=False,
+        log=lambda s: None,
+    )
+    path = checkpoint.latest(tmp_path / "ck").path
+    rebuilt, s = saved.load_model(path)
+    assert s.meta["sample_shape"] == [1, 6, 6] and s.meta["classes"] == 3
+    assert [p.data.tobytes() for p in rebuilt.parameters] == [p.data.tobytes() for p in net.parameters]
