@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
@@ -38,19 +38,20 @@ class ServerSilent(TimeoutError):
 class ComputeThread:
     """One daemon thread that runs `worker.handle` on one message at a time.
 
-    The thread never touches the socket (ZeroMQ sockets are not thread-safe): each bucket's GRADS
-    that a job sends goes into `outbox`, and a byte on a pipe wakes the talking thread's poll to
-    send it at once; so does the end of a job. A daemon, so a computation that hangs never keeps
-    the process from exiting. The pipe is never closed: the thread may still write to it after
-    the talking thread has given up, and the process ends soon after.
+    Each bucket's GRADS that a job sends goes out through `send` (Talk.send_from_job: on the
+    socket itself, under the talking thread's lock), at once and without waking the talking
+    thread: on a machine whose cores the workers fill, every wake-up takes a core and the
+    interpreter from a computation. A byte on a pipe wakes the talking thread's poll when a job
+    ends. A daemon, so a computation that hangs never keeps the process from exiting. The pipe is
+    never closed: the thread may still write to it after the talking thread has given up, and the
+    process ends soon after.
     """
 
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
+    def __init__(self, worker: Worker, send: Callable[[list], None]) -> None:
+        self.worker, self.send = worker, send
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         self.jobs: queue.SimpleQueue[Message] = queue.SimpleQueue()
-        self.outbox: queue.SimpleQueue[list] = queue.SimpleQueue()  # frames for the talking thread
         self.result: tuple[list, BaseException | None] | None = None
         self.busy = False
         threading.Thread(target=self._run, name="compute", daemon=True).start()
@@ -73,15 +74,11 @@ class ComputeThread:
             raise error
         return replies
 
-    def _send(self, frames: list) -> None:
-        self.outbox.put(frames)
-        os.write(self.wake_w, b".")
-
     def _run(self) -> None:
         while True:
             msg = self.jobs.get()
             try:
-                self.result = (self.worker.handle(msg, self._send), None)
+                self.result = (self.worker.handle(msg, self.send), None)
             except BaseException as e:  # handed to the talking thread, which raises it
                 self.result = ([], e)
             os.write(self.wake_w, b".")
@@ -141,7 +138,11 @@ class Talk:
     def __init__(self, worker: Worker, endpoint: str, keys: Keys, join_timeout: float) -> None:
         self.worker, self.endpoint, self.keys, self.join_timeout = worker, endpoint, keys, join_timeout
         self.context = zmq.Context()
-        self.compute = ComputeThread(worker)
+        # ZeroMQ sockets are not thread-safe: the compute thread sends a job's GRADS on the socket
+        # itself, so every use of it holds this lock, and the socket is out of the poll while a
+        # job computes (run)
+        self.lock = threading.Lock()
+        self.compute = ComputeThread(worker, self.send_from_job)
         self.poller = zmq.Poller()
         self.poller.register(self.compute.wake_r, zmq.POLLIN)
         self.link: Link | None = None
@@ -159,6 +160,10 @@ class Talk:
 
     def _connect(self) -> None:
         """A fresh Link; not welcomed yet: HELLO every second until `join_timeout`."""
+        with self.lock:
+            self._relink()
+
+    def _relink(self) -> None:
         if self.link is not None:
             self.poller.unregister(self.link.socket)
             self.poller.unregister(self.link.monitor)
@@ -176,13 +181,25 @@ class Talk:
         self.beat_progress = -1
 
     def send(self, frames: Sequence[Any]) -> None:
+        with self.lock:
+            self._send(frames)
+
+    def send_from_job(self, frames: list) -> None:
+        """Send a bucket's GRADS from the compute thread, unless the job came in on an older Link
+        (its server is gone)."""
+        with self.lock:
+            if self.job_generation == self.generation:
+                self._send(frames)
+
+    def _send(self, frames: Sequence[Any]) -> None:
         try:
             self.link.socket.send_multipart(frames, copy=False)
         except zmq.Again:
             raise ConnectionError(f"cannot send to the server at {self.endpoint}: nothing leaves") from None
 
     def close(self) -> None:
-        self.link.close(self.linger)
+        with self.lock:
+            self.link.close(self.linger)
         self.context.term()
 
     def _lost(self, why: str) -> None:
@@ -202,12 +219,8 @@ class Talk:
         worker, compute = self.worker, self.compute
         while not worker.stopped:
             # a job's result comes after all it sent: look at it first, then send what it sent
-            finished = compute.busy and compute.result is not None
-            while not compute.outbox.empty():  # each bucket's gradient, as soon as it is ready
-                frames = compute.outbox.get()
-                if self.job_generation == self.generation:  # else: for a server that is gone
-                    self.send(frames)
-            if finished:
+            # (each bucket's gradient went out from the compute thread as soon as it was ready)
+            if compute.busy and compute.result is not None:
                 try:
                     replies = compute.take()  # the compute thread's errors are raised here
                 except agreement.Disagreement as e:  # tell the server why, then end
@@ -218,22 +231,25 @@ class Talk:
                     for frames in replies:
                         self.send(frames)
                     self.answered += self.computing
-            if not compute.busy and self.todo:
-                msg = self.todo.popleft()
-                self.computing = msg.type == protocol.PARAMS
-                self.job_generation = self.generation
-                compute.submit(msg)
-            # While a job computes, the socket is read only when this thread wakes anyway (a
-            # bucket to send, a heartbeat due): every wake-up takes the interpreter from the
-            # computation, and the UPDATEs that arrive meanwhile are needed only by the next job.
-            quiet = compute.busy and self.computing
+            # While a job computes, the socket is out of the poll (the compute thread sends on it)
+            # and is read only when this thread wakes anyway (a heartbeat due): every wake-up
+            # takes the interpreter from the computation, and the UPDATEs that arrive meanwhile
+            # are needed only by the next job.
+            job = self.todo[0] if not compute.busy and self.todo else None
+            quiet = (compute.busy and self.computing) or (job is not None and job.type == protocol.PARAMS)
             if quiet == self.listening:
-                if quiet:
-                    self.poller.unregister(self.link.socket)
-                else:
-                    self.poller.register(self.link.socket, zmq.POLLIN)
+                with self.lock:
+                    if quiet:
+                        self.poller.unregister(self.link.socket)
+                    else:
+                        self.poller.register(self.link.socket, zmq.POLLIN)
                 self.listening = not quiet
-            while quiet and self.link.socket.poll(0) and not worker.stopped:
+            if job is not None:  # out of the poll first: the job may send at once
+                self.todo.popleft()
+                self.computing = job.type == protocol.PARAMS
+                self.job_generation = self.generation
+                compute.submit(job)
+            while quiet and self._waiting() and not worker.stopped:
                 self._receive()
             now = time.monotonic()
             if now >= self.beat_due:
@@ -263,13 +279,18 @@ class Talk:
                 self._receive()
             # without a way back for the server, a dropped connection is left to ZeroMQ to mend
             elif self.link.monitor in ready and self.link.dropped() and self.welcomed and self.may_rejoin:
-                while self.link.socket.poll(0) and not worker.stopped:  # what it said before it went
+                while self._waiting() and not worker.stopped:  # what it said before it went
                     self._receive()  # (a STOP, at the end of the job)
                 if not worker.stopped:
                     self._lost(f"the connection to the server at {self.endpoint} dropped")
 
+    def _waiting(self) -> bool:
+        with self.lock:
+            return bool(self.link.socket.poll(0))
+
     def _receive(self) -> None:
-        frames = self.link.socket.recv_multipart(copy=False)
+        with self.lock:
+            frames = self.link.socket.recv_multipart(copy=False)
         self.heard = time.monotonic()
         try:
             msg = protocol.decode(frames)
