@@ -121,3 +121,15 @@ def spawn_workers(job_keys):
         p.wait(timeout=10)
         p.stdin.close()
         p.stdout.close()
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """A fresh cache for the markers of checked data sets (not the user's), and no data set of
+    your own left loaded from another test."""
+    from numpy_cnn.data import arrays
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    arrays._load.cache_clear()
+    yield
+    arrays._load.cache_clear()

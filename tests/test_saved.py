@@ -144,10 +144,8 @@ def test_init_from_must_fit_the_model(trained, mnist_dir, tmp_path):
         assert r.returncode == 2 and message in r.stderr, r.stderr
 
 
-def test_a_checkpoint_of_your_own_model_rebuilds_from_the_file_alone(tmp_path, monkeypatch):
+def test_a_checkpoint_of_your_own_model_rebuilds_from_the_file_alone(tmp_path, own_cache):
     from own_sets import make_set, write_npz
-
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # checked sets are remembered here
 
     from numpy_cnn.api import fit
 

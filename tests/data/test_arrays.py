@@ -23,13 +23,7 @@ FORMS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path, monkeypatch):
-    """A fresh cache for the scan markers, and no data set left loaded from another test."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    arrays._load.cache_clear()
-    yield
-    arrays._load.cache_clear()
+pytestmark = pytest.mark.usefixtures("own_cache")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

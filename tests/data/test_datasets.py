@@ -14,7 +14,7 @@ from own_sets import make_set, write_npy, write_npz
 
 from numpy_cnn.cli import build_parser, parse_config
 from numpy_cnn.config import Config
-from numpy_cnn.data import arrays, datasets, load
+from numpy_cnn.data import datasets, load
 from numpy_cnn.distributed import agreement
 from numpy_cnn.models import build
 from numpy_cnn.train import train
@@ -29,12 +29,7 @@ def run(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.Complete
     )
 
 
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    arrays._load.cache_clear()
-    yield
-    arrays._load.cache_clear()
+pytestmark = pytest.mark.usefixtures("own_cache")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,7 @@ def model_source(hidden: int = 64, dropout: float | None = None) -> str:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def own_cache(tmp_path_factory):
+def module_cache(tmp_path_factory):
     """Where this module's processes remember the sets they have checked: not the user's cache."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
@@ -56,7 +56,7 @@ def own_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def dataset(own_cache, tmp_path_factory) -> SimpleNamespace:
+def dataset(module_cache, tmp_path_factory) -> SimpleNamespace:
     """The data set every run here trains on, a learnable .npz made here (tests/own_sets.py): as
     flags, as Config keywords, and loaded here (for a server in this process)."""
     path = write_npz(tmp_path_factory.mktemp("data") / "patterns.npz", make_set())
