@@ -165,7 +165,7 @@ def test_an_interrupted_run_says_how_to_continue(mnist_dir, tmp_path):
         out, err = p.communicate(timeout=30)
     finally:
         p.kill()
-    assert p.returncode == 130
+    assert p.returncode == 130, err[-3000:]  # (once in CI: 1; what it printed then was not kept)
     assert f"to continue, run the same command with --resume {ckdir}" in err
 
 
