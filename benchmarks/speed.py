@@ -207,21 +207,31 @@ def main(argv: list[str] | None = None) -> int:
 
 def report_buckets(modes: list[str], records: dict[str, list[dict]]) -> None:
     """Per bucket (the last layers' first): when the slowest worker had its gradient ready, when the
-    server had all of it, and when the server sent its update to the workers, in ms after the
-    step's start (medians over steps, then over the repeats)."""
+    server had all of it, when the server sent its update to the workers, and when the last worker
+    took that update, in ms after the step's start (medians over steps, then over the repeats; a
+    worker takes the updates that arrive while it computes when its job ends)."""
     rows = [m for m in modes if records[m] and "bucket_ready_ms" in records[m][0]]
     if not rows:
         return
-    print("| mode | bucket | gradient ready, ms | at the server, ms | update sent, ms | step ms |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print(
+        "| mode | bucket | gradient ready, ms | at the server, ms | update sent, ms "
+        "| update taken, ms | step ms |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+
+    def at(recs: list[dict], key: str, b: int) -> str:
+        values = [r[key][b] for r in recs if key in r]  # older installs (@other) lack some
+        return f"{statistics.median(values):.2f}" if values else "-"
+
     for mode in rows:
         recs = records[mode]
+        step = statistics.median(r["step_ms"] for r in recs)
         for b in range(len(recs[0]["bucket_ready_ms"])):
-            ready = statistics.median(r["bucket_ready_ms"][b] for r in recs)
-            came_in = statistics.median(r.get("bucket_in_ms", [0.0] * (b + 1))[b] for r in recs)
-            sent = statistics.median(r["bucket_sent_ms"][b] for r in recs)
-            step = statistics.median(r["step_ms"] for r in recs)
-            print(f"| {mode} | {b} | {ready:.2f} | {came_in:.2f} | {sent:.2f} | {step:.2f} |")
+            times = [
+                at(recs, k, b)
+                for k in ("bucket_ready_ms", "bucket_in_ms", "bucket_sent_ms", "bucket_taken_ms")
+            ]
+            print(f"| {mode} | {b} | {' | '.join(times)} | {step:.2f} |")
     print()
 
 

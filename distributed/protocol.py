@@ -15,7 +15,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-VERSION = 4  # 3: WELCOME carries what workers must agree with; REFUSE. 4: buckets, UPDATE
+VERSION = 5  # 3: WELCOME carries what workers must agree with; REFUSE. 4: buckets, UPDATE. 5: GRADS.taken
 HEARTBEATS_PER_TIMEOUT = 5  # a peer silent for a whole --timeout has missed this many heartbeats
 
 HELLO = "hello"  # worker -> server: rank, pid, boot (the machine's boot id: is its clock ours?)
@@ -56,6 +56,9 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
         "correct": int,
         "compute_s": float,  # from `started` until this bucket's sums were ready
         "started": float,  # when the computation began, on the worker's monotonic clock
+        # when the worker took each bucket's UPDATE of the step before, on the same clock (0.0:
+        # it did not: it got that step's parameters otherwise, or there was none)
+        "taken": list,
     },
     HEARTBEAT: {"rank": int, "answered": int},  # answered: PARAMS the worker has sent every bucket of
     STOP: {"reason": str},

@@ -63,6 +63,7 @@ class ParameterServer:
         self.updates = BucketUpdates(self.optimizer, self.buckets)
         self.update_s = 0.0  # this step's time in summing, Adam and sending updates
         self.sent_at = [0.0] * len(self.buckets)  # when each bucket's update went out, this step
+        self.last_start: tuple[int, float] | None = None  # the step before this one, and its start
         self.identity = agreement.identity(self.net, config.dataset)  # what every worker must share
         self.boot = boot_id()
         self.shape = input_shape(config.model, self.data)
@@ -317,6 +318,9 @@ class ParameterServer:
         reason = self.ledger.check(rank, msg)
         if reason is not None:
             return reason
+        taken = msg["taken"]
+        if len(taken) != len(self.buckets) or not all(type(t) is float and t >= 0.0 for t in taken):
+            return f"taken {taken!r:.200} is not {len(self.buckets)} times, one per bucket"
         ids = self.buckets[msg["bucket"]]
         for i, a in enumerate(msg.arrays):
             p = self.params[ids[i % len(ids)]]
@@ -334,6 +338,7 @@ class ParameterServer:
             global_batch(len(self.data.train), config.batch_size, config.seed, epoch, index, config.max_shift)
         )
         start, began = time.perf_counter(), time.monotonic()
+        before, self.last_start = self.last_start, (self.step, began)
         self.batch = (epoch, index)
         self.trace.phase("send parameters")
         self.update_s = 0.0
@@ -368,6 +373,7 @@ class ParameterServer:
             self.update_s,
             self.transport.parallel,
             (ledger.ready, ledger.came_in, self.sent_at),
+            taken_after(answers, before, self.step - 1) if local and self.boot else None,
         )
         stats.bytes += self.transport.sent_bytes - sent + self.transport.received_bytes - received
 
@@ -410,3 +416,13 @@ class ParameterServer:
         """Register the workers and train for the configured epochs; returns one record per epoch
         (the run around the steps, its records, trace and end, is in epochs.py)."""
         return epochs.run(self)
+
+
+def taken_after(answers: list[Message], before: tuple[int, float] | None, step: int) -> list[float] | None:
+    """Per bucket, seconds after the start of the step before `step` when the last of the workers
+    that answered `step` took that step's update; None when unknown (a fresh start, or a worker
+    that got those parameters in its PARAMS instead)."""
+    if before is None or before[0] != step - 1 or not answers:
+        return None
+    last = [max(column) for column in zip(*(m["taken"] for m in answers))]
+    return [t - before[1] for t in last] if min(map(min, (m["taken"] for m in answers))) > 0.0 else None

@@ -26,6 +26,9 @@ class EpochStats:
     bucket_ready: list[list[float]] = field(default_factory=list)
     bucket_in: list[list[float]] = field(default_factory=list)
     bucket_sent: list[list[float]] = field(default_factory=list)
+    # per step, per bucket: seconds after the step's start when the last worker took its update
+    # (known one step later, from the workers' next answers)
+    bucket_taken: list[list[float]] = field(default_factory=list)
 
     def timing(self) -> dict:
         """Per-step means, in ms (they add up to the step time) and bytes."""
@@ -50,11 +53,13 @@ class EpochStats:
         update: float,
         parallel: bool,
         buckets: tuple[list[float], ...],
+        taken: list[float] | None = None,
     ) -> None:
         """One step of `samples`: the answers that ended the workers' jobs (GRADS messages of the
         last bucket), its perf_counter `span`, the same on the monotonic clock the workers share
         (None: they don't), the server's update time, whether the workers ran at the same time,
-        and per bucket the monotonic times it was ready, was in, and was sent."""
+        and per bucket the monotonic times it was ready, was in, and was sent; `taken`: the step
+        before's seconds from its start until each bucket's update was taken (None: unknown)."""
         computes = [m["compute_s"] for m in answers]
         compute = max(computes, default=0.0) if parallel else sum(computes)
         self.steps += 1
@@ -72,6 +77,8 @@ class EpochStats:
             self.bucket_ready.append([t - began for t in buckets[0]])
             self.bucket_in.append([t - began for t in buckets[1]])
             self.bucket_sent.append([t - began for t in buckets[2]])
+            if taken is not None:
+                self.bucket_taken.append(taken)
 
     def bucket_timing(self) -> dict:
         """Medians over the steps, per bucket (in the order they are sent), in ms after the step's
@@ -86,6 +93,7 @@ class EpochStats:
             "bucket_ready_ms": medians(self.bucket_ready),
             "bucket_in_ms": medians(self.bucket_in),
             "bucket_sent_ms": medians(self.bucket_sent),
+            **({"bucket_taken_ms": medians(self.bucket_taken)} if self.bucket_taken else {}),
         }
 
     def totals(self) -> tuple:

@@ -51,6 +51,7 @@ class Worker:
         self.progress = 0  # micro-shards and buckets computed so far
         self.last: tuple[int, int, list[int]] | None = None  # (epoch, index, leaves) just computed
         self.prepared: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}  # next step's
+        self.taken: dict[int, list[float]] = {}  # step -> when each bucket's UPDATE was taken
         # UPDATEs arrive on the talking thread while a job may take parameters on the compute thread
         self.lock = threading.Lock()
         self.trace = OFF  # the job's config says whether to trace (_setup)
@@ -132,6 +133,10 @@ class Worker:
                 for i, a in zip(ids, msg.arrays):
                     self.current[i] = a  # a read-only view of the received frame, no copy
                 self.held[b] = msg["version"]
+            step = msg["step"]
+            self.taken.setdefault(step, [0.0] * len(self.buckets))[b] = time.monotonic()
+            for old in [s for s in self.taken if s < step]:  # the next GRADS reports this step's
+                del self.taken[old]
 
     def _weights(self, msg: Message) -> list[np.ndarray]:
         """The parameters a PARAMS job computes with: those it carries (the worker then holds
@@ -217,6 +222,8 @@ class Worker:
             correct += right
             self.progress += 1  # heartbeats go out only while this number moves (see serve)
         self.last = (epoch, index, leaves)
+        with self.lock:  # the step before's UPDATEs all came before this job's PARAMS
+            taken = list(self.taken.get(msg["step"] - 1, [0.0] * len(self.buckets)))
         fields = dict(
             step=msg["step"],
             version=msg["version"],
@@ -226,6 +233,7 @@ class Worker:
             loss=loss_sum,
             correct=correct,
             started=started,
+            taken=taken,
         )
 
         def emit(bucket: int, arrays: list[np.ndarray], seconds: float) -> None:

@@ -42,6 +42,7 @@ def malformed(rng: np.random.Generator, params: list[np.ndarray], step: int) -> 
         "correct": 1,
         "compute_s": 0.001,
         "started": 1.0,
+        "taken": [0.0, 0.0, 0.0],
     }
     if kind == 0:  # random bytes, 1 to 4 frames
         return [rng.bytes(int(rng.integers(0, 200))) for _ in range(rng.integers(1, 5))]
@@ -219,7 +220,7 @@ def test_duplicated_and_replayed_answers_from_real_workers_are_dropped(mnist_dir
 
 def test_forged_bucket_messages_from_a_registered_worker_are_each_rejected(mnist_dir, caplog):
     """Rank 1 sends, before each real bucket, the same bucket with a wrong step, version, bucket,
-    node, shape or dtype, and after it a duplicate: each is rejected for its reason, and the
+    node, shape, dtype or update times, and after it a duplicate: each is rejected for its reason, and the
     weights are a clean run's."""
     data = load("mnist", str(mnist_dir))
 
@@ -243,6 +244,8 @@ def test_forged_bucket_messages_from_a_registered_worker_are_each_rejected(mnist
                     again({"nodes": [[0, 1]], "counts": [16]}),
                     again(arrays=[a.reshape(-1) for a in arrays]),
                     again(arrays=[a.astype(np.float64) for a in arrays]),
+                    again({"taken": [1.0]}),
+                    again({"taken": [-1.0, 0.0, 0.0]}),
                 ):
                     send(fake)
                 send(frames)
@@ -254,8 +257,8 @@ def test_forged_bucket_messages_from_a_registered_worker_are_each_rejected(mnist
     server = ParameterServer(config, LocalTransport([Worker(0, data), Forger(1, data)]), data)
     with caplog.at_level(logging.WARNING, logger="numpy_cnn.distributed.server"):
         server.run()
-    # 7 per bucket of each of 4 steps; the duplicate of the very last may still be queued at the end
-    assert 4 * 3 * 7 - 1 <= server.rejected <= 4 * 3 * 7 and server.lost == 0
+    # 9 per bucket of each of 4 steps; the duplicate of the very last may still be queued at the end
+    assert 4 * 3 * 9 - 1 <= server.rejected <= 4 * 3 * 9 and server.lost == 0
     for reason in (
         "expected step 0 version 0",
         "bucket 7, but there are 3",
@@ -263,6 +266,8 @@ def test_forged_bucket_messages_from_a_registered_worker_are_each_rejected(mnist
         "array 0 is float32 (40000,), expected float32 (400, 100)",
         "array 0 is float64 (400, 100), expected float32 (400, 100)",
         "(a duplicate, or not its work)",
+        "taken [1.0] is not 3 times, one per bucket",
+        "taken [-1.0, 0.0, 0.0] is not 3 times, one per bucket",
     ):
         assert reason in caplog.text, reason
     clean = in_process_server(config, data)

@@ -53,6 +53,7 @@ def test_every_message_type_round_trips():
             "correct": 3,
             "compute_s": 0.01,
             "started": 12.5,
+            "taken": [12.1, 12.2, 0.0],
         },
         protocol.HEARTBEAT: {"rank": 2, "answered": 5},
         protocol.STOP: {"reason": "done"},
@@ -109,6 +110,7 @@ def test_non_finite_statistics_are_rejected():
         "loss": float("nan"),
         "compute_s": 0.0,
         "started": 0.0,
+        "taken": [],
         "arrays": [],
     }
     with pytest.raises(ProtocolError, match="loss is nan"):

@@ -42,5 +42,18 @@ def test_a_step_adds_up_and_gives_per_bucket_times_after_its_start():
     assert timing["bucket_ready_ms"] == [4.0, 9.0]
     assert timing["bucket_in_ms"] == [5.0, 9.5]
     assert timing["bucket_sent_ms"] == [6.0, 9.9]
+    assert "bucket_taken_ms" not in timing  # the first step: no step before it
+    stats.add_step(64, answers, (5.0, 5.010), (100.010, 100.020), 0.001, True, times, [0.0061, 0.0103])
+    assert stats.timing()["bucket_taken_ms"] == [6.1, 10.3]
     stats.add_step(64, answers, (5.0, 5.010), None, 0.001, True, times)  # another machine's clock
-    assert stats.timing()["exposed_comm_ms"] is None and len(stats.bucket_ready) == 1
+    assert stats.timing()["exposed_comm_ms"] is None and len(stats.bucket_ready) == 2
+
+
+def test_update_times_are_taken_from_the_next_answers_relative_to_the_step_before():
+    from numpy_cnn.distributed.server import taken_after
+
+    answers = [{"taken": [10.004, 10.009]}, {"taken": [10.005, 10.008]}]
+    assert taken_after(answers, (6, 10.0), 7) == pytest.approx([0.005, 0.009])  # the last worker's
+    assert taken_after(answers, (5, 10.0), 7) is None  # not the step before (a resume)
+    assert taken_after(answers, None, 7) is None  # the first step
+    assert taken_after([{"taken": [0.0, 10.009]}, *answers], (6, 10.0), 7) is None  # got PARAMS instead

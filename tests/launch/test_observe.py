@@ -54,6 +54,14 @@ def test_step_lines_and_a_trace_leave_the_weights_alone(mnist_dir, tmp_path, mod
         assert r["compute_ms"] > 0 and r["comm_ms"] > 0 and r["update_ms"] > 0
         assert r["step_ms"] == pytest.approx(r["compute_ms"] + r["comm_ms"] + r["update_ms"], abs=2e-3)
         assert r["exposed_comm_ms"] is not None  # the workers share the server's clock
+    epoch = records[4]
+    if "--single-process" in mode:  # one at a time: no bucket timeline
+        assert "bucket_ready_ms" not in epoch and "bucket_taken_ms" not in epoch
+    else:  # per bucket, the last layers' first: ready, at the server, sent, taken by the workers
+        times = [epoch[f"bucket_{k}_ms"] for k in ("ready", "in", "sent", "taken")]
+        assert all(len(t) == 3 for t in times) and all(v > 0 for t in times for v in t)
+        # medians over the same steps keep each step's order (taken: over all but the first)
+        assert all(ready <= came_in <= sent for ready, came_in, sent in zip(*times[:3]))
 
     events = json.loads(trace.read_text())["traceEvents"]
     assert sorted(p.name for p in tmp_path.iterdir() if ".part-" in p.name) == []
