@@ -1,10 +1,11 @@
 """One job of a worker: the gradient of its micro-shards, streamed to the server bucket by bucket.
 
 Every owned micro-shard has its own replica of the net (sharing the weight arrays, owning its
-gradients and caches). The job runs the forward pass of every shard, then the backward pass
-layer by layer across the shards, from the last layer down; as soon as the lowest layer of a
-bucket (numpy_cnn.buckets) is done for every shard, the bucket's gradient is summed over each
-owned node of the shard tree and handed on, while the backward pass goes on below. Each shard
+gradients and caches). The job runs each shard's forward and backward pass in turn, as serial
+training does (a shard's caches are still warm for its backward pass). During the last shard's
+backward pass, as soon as the lowest layer of a bucket (numpy_cnn.buckets) is done, the bucket's
+gradient is final for every shard: it is summed over each owned node of the shard tree and
+handed on, while the backward pass goes on below. Each shard
 does exactly the arithmetic of numpy_cnn.shards.shard_gradient, so the bits are serial
 training's.
 """
@@ -20,7 +21,7 @@ from numpy_cnn.buckets import lowest_layers
 from numpy_cnn.loss import CrossEntropyLoss
 from numpy_cnn.models import build
 from numpy_cnn.net import Net
-from numpy_cnn.shards import Node, tree_sum
+from numpy_cnn.shards import Node, leaves_of, tree_sum
 
 # what a job hands on for each bucket: (bucket, its node sums in node order, seconds since the start)
 Emit = Callable[[int, list[np.ndarray], float], None]
@@ -69,23 +70,25 @@ class ShardJob:
 
     def backward(
         self,
-        grads: dict[int, np.ndarray | None],
+        k: int,
+        grad: np.ndarray | None,
         nodes: Sequence[Node],
         wanted: Sequence[int],
         started: float,
         emit: Emit,
         progress: Callable[[], None],
     ) -> None:
-        """The backward pass of micro-shards `grads` (k -> d loss / d output, None: empty shard),
-        layer by layer; each bucket in `wanted` goes to `emit` as soon as it is final."""
-        depth = len(next(iter(self.replicas.values())).layers)
-        for i in reversed(range(depth)):
-            for k, g in grads.items():
-                if g is not None:  # the same calls as Net.backward
-                    grads[k] = self.replicas[k].layers[i].backward(g, input_grad=i > 0)
+        """Micro-shard k's backward pass from `grad`, d loss / d output (None: an empty shard, whose
+        gradients are zero), layer by layer, as Net.backward runs it. After the lowest layer of a
+        bucket in `wanted`, the bucket's sums over `nodes` go to `emit`: every other shard under
+        them must have run its backward pass already."""
+        layers = self.replicas[k].layers
+        for i in reversed(range(len(layers))):
+            if grad is not None:  # the same calls as Net.backward
+                grad = layers[i].backward(grad, input_grad=i > 0)
             for b, lowest in enumerate(self.lowest):
                 if lowest == i and b in wanted:
-                    emit(b, self.sums(b, list(grads), nodes), time.monotonic() - started)
+                    emit(b, self.sums(b, leaves_of(nodes), nodes), time.monotonic() - started)
                     progress()
 
     def sums(self, b: int, leaves: list[int], nodes: Sequence[Node]) -> list[np.ndarray]:

@@ -180,8 +180,9 @@ class Worker:
         }
 
     def _step(self, msg: Message, send: Callable[[list], None]) -> None:
-        """Forward every micro-shard under the job's nodes, then backward layer by layer, sending
-        each wanted bucket's GRADS as soon as it is final (compute.py)."""
+        """Forward and backward every micro-shard under the job's nodes, in turn, sending each
+        wanted bucket's GRADS as soon as the last shard's backward pass has made it final
+        (compute.py)."""
         if self.config is None:
             raise ProtocolError("parameters before the job's config")
         config, train = self.config, self.data.train
@@ -209,17 +210,22 @@ class Worker:
         epoch, index, wanted = msg["epoch"], msg["index"], msg["buckets"]
         bounds = shard_bounds(len(batch), config.shards)
         leaves = leaves_of(nodes)
-        loss_sum, correct, grads = 0.0, 0, {}
-        for k in leaves:  # forward every shard
+        loss_sum, correct, last = 0.0, 0, None
+        for n, k in enumerate(leaves):  # forward and backward, shard after shard (compute.py)
             lo, hi = bounds[k]
             x, y = self.prepared.pop((epoch, index, k), None) or batch.samples(
                 train.images, train.labels, self.shape, lo, hi
             )
             noise = (config.seed, epoch, index, lo)  # Dropout's masks: by sample
             with trace.span("forward", shard=k):
-                loss, right, grads[k] = self.job.forward(k, weights, x, y, len(batch), noise)
+                loss, right, grad = self.job.forward(k, weights, x, y, len(batch), noise)
             loss_sum += loss
             correct += right
+            if n < len(leaves) - 1:  # nothing to send yet: the last shard's backward sends it all
+                with trace.span("backward", shard=k):
+                    self.job.backward(k, grad, [], [], started, _ignore, self._progressed)
+            else:
+                last = (k, grad)
             self.progress += 1  # heartbeats go out only while this number moves (see serve)
         self.last = (epoch, index, leaves)
         with self.lock:  # the step before's UPDATEs all came before this job's PARAMS
@@ -240,12 +246,16 @@ class Worker:
             send(protocol.encode(protocol.GRADS, arrays, bucket=bucket, compute_s=seconds, **fields))
             trace.instant("bucket sent", always=False, bucket=bucket)
 
-        # layer by layer across the shards: one span for all of them (compute.py)
-        with trace.span("backward", shards=list(grads)):
-            self.job.backward(grads, nodes, wanted, started, emit, self._progressed)
+        k, grad = last  # its backward pass sends each bucket as soon as it is final
+        with trace.span("backward", shard=k):
+            self.job.backward(k, grad, nodes, wanted, started, emit, self._progressed)
 
     def _progressed(self) -> None:
         self.progress += 1
+
+
+def _ignore(*_: object) -> None:
+    """Where a shard's backward pass that sends nothing would send."""
 
 
 def peak_rss_mb() -> int:

@@ -87,15 +87,16 @@ def test_step_lines_and_a_trace_leave_the_weights_alone(mnist_dir, tmp_path, mod
                 "Adam",
                 "send update",
             ]
-    # one track per worker: its step's forward per micro-shard, then the backward, with the buckets sent
+    # one track per worker: each micro-shard's forward and backward in turn, the buckets sent during
+    # the last backward
     for rank in (0, 1):
         mine = [e for e in events if e["pid"] == 1 + rank]
         assert names[1 + rank] == f"worker {rank}"
         for step in (e for e in mine if e["name"] == "step"):
             spans = within(step, ["forward", "backward"])
-            assert [e["name"] for e in spans] == ["forward", "forward", "backward"], spans
-            assert [e["args"]["shard"] for e in spans[:2]] == [2 * rank, 2 * rank + 1]
-            sent = [e for e in mine if e["name"] == "bucket sent" and spans[2]["ts"] <= e["ts"]]
+            assert [e["name"] for e in spans] == ["forward", "backward", "forward", "backward"], spans
+            assert [e["args"]["shard"] for e in spans] == [2 * rank, 2 * rank, 2 * rank + 1, 2 * rank + 1]
+            sent = [e for e in mine if e["name"] == "bucket sent" and spans[3]["ts"] <= e["ts"]]
             assert [e["args"]["bucket"] for e in sent[:3]] == [0, 1, 2]
         assert [e["args"]["step"] for e in mine if e["name"] == "step"] == [2, 3, 4]
     assert len([e for e in events if e["name"] == "evaluate"]) == 1
