@@ -51,15 +51,22 @@ def command(
         return [sys.executable, "-m", "numpy_cnn.train", *common]
     if mode == "serial-1x4":  # the work of 1 worker (4 micro-shards) on one thread: its yardstick
         return [sys.executable, "-m", "numpy_cnn.train", "--threads", "1", "--shards", "4", *common]
-    if mode.startswith("workers-"):  # workers-N, or workers-N-tcp: local workers over CURVE TCP
-        transport = ["--local-transport", "tcp"] if mode.endswith("-tcp") else []
+    if mode.startswith("workers-"):  # workers-N[-tcp][-stream|-one]: -tcp: over CURVE TCP; --buckets
+        _, n, *options = mode.split("-")
+        flags = {
+            "tcp": ["--local-transport", "tcp"],
+            "stream": ["--buckets", "stream"],
+            "one": ["--buckets", "one"],
+        }
+        if any(o not in flags for o in options):
+            raise ValueError(f"unknown mode {mode}")
         return [
             sys.executable,
             "-m",
             "numpy_cnn.launch",
             "--workers",
-            mode.split("-")[1],
-            *transport,
+            n,
+            *(f for o in options for f in flags[o]),
             *common,
         ]
     if mode.startswith(("torch-", "ddp-")):
@@ -150,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--modes",
         default=",".join(NUMPY_MODES + (TORCH_MODES if have_torch else [])),
-        help="comma-separated: serial, workers-N (workers-N-tcp: over CURVE TCP, not ipc), single-N, "
-        "torch-THREADS, ddp-N (default: %(default)s)",
+        help="comma-separated: serial, workers-N (-tcp: over CURVE TCP, not ipc; -stream or -one: "
+        "that --buckets, e.g. workers-2-stream), single-N, torch-THREADS, ddp-N, and MODE@other "
+        "(default: %(default)s)",
     )
     parser.add_argument("--data-dir", default=None, help="passed on to every run")
     parser.add_argument("--json", metavar="PATH", default=None, help="also write every record here")

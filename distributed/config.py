@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from numpy_cnn.buckets import BUCKET_BYTES
 from numpy_cnn.config import Config
 
 FAILURE_POLICIES = ("reassign", "abort")
+BUCKET_MODES = ("auto", "stream", "one")  # --buckets
 
 
 @dataclass
@@ -20,6 +24,7 @@ class JobConfig(Config):
     join_timeout: float = 120.0  # seconds to wait for workers to connect and build their replica
     on_worker_failure: str = "reassign"  # or "abort"
     max_restarts: int = 3  # how often `launch` restarts dead workers, in all
+    buckets: str = "auto"  # stream: bucket by bucket during the backward pass; one: all at once
 
     def check(self) -> JobConfig:
         """Raise ValueError naming the first flag that makes this run impossible."""
@@ -47,7 +52,16 @@ class JobConfig(Config):
             )
         if self.max_restarts < 0:
             raise ValueError(f"--max-restarts must be 0 or more, got {self.max_restarts}")
+        if self.buckets not in BUCKET_MODES:
+            raise ValueError(f"--buckets must be one of {', '.join(BUCKET_MODES)}, got {self.buckets!r}")
         return self
+
+    @property
+    def bucket_cap(self) -> float:
+        """The bucket plan's cap in bytes (numpy_cnn.buckets.plan): `one` puts the whole net in one
+        bucket. The launcher settles `auto` before the job starts (local_buckets); where nobody
+        has, the job streams."""
+        return math.inf if self.buckets == "one" else BUCKET_BYTES
 
     def to_dict(self) -> dict[str, Any]:
         """The job's settings as sent to the server and the workers (`threads` is serial training's)."""
@@ -60,3 +74,20 @@ class JobConfig(Config):
         if unknown:
             raise ValueError(f"unknown config keys {unknown}")
         return cls(**data).check()
+
+
+def local_buckets(mode: str, processes: int, cores: int | None = None) -> tuple[str, str]:
+    """What `--buckets auto` means for a job with `processes` of its processes (the server and
+    its workers) on the server's machine, and why when it does not stream: stream while each has
+    a core of its own there, for the server's work on a bucket then runs while the workers
+    compute; else one message per step, for on cores the workers fill, that work would only take
+    their time (measured: README, Speed)."""
+    if mode != "auto":
+        return mode, ""
+    cores = len(os.sched_getaffinity(0)) if cores is None else cores
+    if processes <= cores:
+        return "stream", ""
+    return "one", (
+        f"{processes} processes on {cores} cores: each worker sends its gradients in one message "
+        "per step (--buckets stream sends them bucket by bucket)"
+    )

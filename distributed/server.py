@@ -59,7 +59,8 @@ class ParameterServer:
         self.net = build(config.model, seed=config.seed, dtype=config.dtype, data=self.data)
         self.params = self.net.parameters
         self.optimizer = Adam(self.params, lr=config.lr)
-        self.buckets = buckets.plan(self.net)  # every worker derives the same plan from its net
+        # every worker derives the same plan from its net and this config (sent in WELCOME)
+        self.buckets = buckets.plan(self.net, config.bucket_cap)
         self.updates = BucketUpdates(self.optimizer, self.buckets)
         self.update_s = 0.0  # this step's time in summing, Adam and sending updates
         self.sent_at = [0.0] * len(self.buckets)  # when each bucket's update went out, this step

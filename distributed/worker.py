@@ -96,7 +96,7 @@ class Worker:
             self.data = load(config.dataset, self.data_dir)
         net = agreement.replica(config, self.data, msg["expect"])
         self.shapes = [(p.shape, p.dtype) for p in net.parameters]
-        self.buckets = buckets.plan(net)
+        self.buckets = buckets.plan(net, config.bucket_cap)
         with self.lock:  # the parameters come with the first PARAMS; nothing is held yet
             self.current: list[np.ndarray | None] = [None] * len(self.shapes)
             self.held = [-1] * len(self.buckets)  # the version of each bucket in `current`

@@ -20,7 +20,7 @@ from numpy_cnn.cli import (
     summary,
 )
 from numpy_cnn.distributed import keys, token
-from numpy_cnn.distributed.config import FAILURE_POLICIES, JobConfig
+from numpy_cnn.distributed.config import BUCKET_MODES, FAILURE_POLICIES, JobConfig
 from numpy_cnn.distributed.protocol import ProtocolError
 
 from . import cluster
@@ -61,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the server and the workers in this process, one after the other (for pdb and print); "
         "same weights as the multiprocess run",
+    )
+    group.add_argument(
+        "--buckets",
+        choices=BUCKET_MODES,
+        default="auto",
+        help="how workers send gradients: stream, bucket by bucket during the backward pass, so that "
+        "the server updates each while the workers compute the layers below; one, all at once at "
+        "its end; auto: stream where the server and every worker on its machine have a core of "
+        "their own, else one (the same weights either way; default: %(default)s)",
     )
     group = parser.add_argument_group("failures")
     group.add_argument(

@@ -21,7 +21,7 @@ import time
 
 from numpy_cnn import checkpoint
 from numpy_cnn.cli import resume_hint, summary
-from numpy_cnn.distributed.config import JobConfig
+from numpy_cnn.distributed.config import JobConfig, local_buckets
 from numpy_cnn.distributed.keys import TemporaryKeys
 from numpy_cnn.distributed.tracing import LAUNCHER, process_trace
 from numpy_cnn.distributed.worker import EXIT_REFUSED, EXIT_SERVER_SILENT
@@ -87,6 +87,11 @@ class Job:
         self.error = ""  # why the job failed, as its last "launch: error:" line says
         self.started = time.monotonic()
         self.trace = process_trace(config, "launcher", LAUNCHER, "launcher")  # restarts, as instants
+        if connect is None:  # the server's machine: its processes and cores settle --buckets auto
+            mode, why = local_buckets(config.buckets, len(self.ranks) + 1)
+            if why:
+                self.say(why)
+            self.config = dataclasses.replace(config, buckets=mode)
 
     def say(self, message: str) -> None:
         self.progress.write(f"launch: {message}")

@@ -13,7 +13,7 @@ from .net import Net
 BUCKET_BYTES = 64 * 1024  # neighbours are merged up to this size; a larger layer is a bucket alone
 
 
-def plan(net: Net, cap: int = BUCKET_BYTES) -> list[list[int]]:
+def plan(net: Net, cap: float = BUCKET_BYTES) -> list[list[int]]:
     """Parameter indices (into net.parameters) by bucket, the last layer's bucket first.
 
     A layer's parameters are never split; walking the layers from the last, a layer joins the

@@ -31,3 +31,23 @@ def test_every_parameter_once_layers_whole_and_the_cap_respected():
             lows = buckets.lowest_layers(net, plan)
             assert lows == sorted(lows, reverse=True)  # finished in backward order
         assert len(buckets.plan(net, 1 << 30)) == 1
+
+
+def test_buckets_auto_streams_only_where_every_local_process_has_a_core():
+    import math
+
+    import pytest
+
+    from numpy_cnn.distributed.config import JobConfig, local_buckets
+
+    assert local_buckets("auto", 2, cores=2) == ("stream", "")  # one worker and the server
+    mode, why = local_buckets("auto", 3, cores=2)  # two workers and the server on two cores
+    assert mode == "one" and "3 processes on 2 cores" in why and "--buckets stream" in why
+    assert local_buckets("stream", 9, cores=2) == ("stream", "")  # asked for: as asked
+    assert local_buckets("one", 2, cores=16) == ("one", "")
+    net = build("conv-net")
+    assert len(buckets.plan(net, JobConfig("conv-net", buckets="one").bucket_cap)) == 1
+    assert JobConfig("conv-net").bucket_cap == JobConfig("conv-net", buckets="stream").bucket_cap
+    assert JobConfig("conv-net", buckets="one").bucket_cap == math.inf
+    with pytest.raises(ValueError, match="--buckets must be one of auto, stream, one, got 'some'"):
+        JobConfig("conv-net", buckets="some").check()

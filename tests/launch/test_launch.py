@@ -145,7 +145,8 @@ def test_any_worker_count_and_single_process_give_the_same_bits(mnist_dir, tmp_p
     weights = {}
     for name, extra in [
         ("workers-1", ["--workers", "1"]),
-        ("workers-2", ["--workers", "2", "--metrics", str(tmp_path / "m.jsonl")]),
+        ("workers-2", ["--workers", "2", "--buckets", "stream", "--metrics", str(tmp_path / "m.jsonl")]),
+        ("workers-2-one", ["--workers", "2", "--buckets", "one"]),  # all buckets in one message
         ("workers-2-tcp", ["--workers", "2", "--local-transport", "tcp"]),  # CURVE TCP, not ipc
         ("workers-4", ["--workers", "4"]),
         ("single-process", ["--workers", "4", "--single-process"]),
@@ -313,6 +314,7 @@ def test_children_do_not_outlive_a_killed_launcher(mnist_dir, running):
         (["conv-net", "--save", "/nonexistent/dir/x.npz"], "does not exist or is not writable"),
         (["conv-net", "--frobnicate"], "unrecognized arguments"),
         (["conv-net", "--on-worker-failure", "retry"], "invalid choice: 'retry'"),
+        (["conv-net", "--buckets", "some"], "invalid choice: 'some'"),
         (["conv-net", "--max-restarts", "-1"], "--max-restarts: must be"),
         (["conv-net", "--timeout", "0"], "--timeout: must be a positive number"),
         (["conv-net", "--local-workers", "3"], "--local-workers 3 is more than --workers 2"),
@@ -332,6 +334,7 @@ def test_help_explains_every_flag():
     for flag in (
         "--workers",
         "--single-process",
+        "--buckets",
         "--shards",
         "--epochs",
         "--batch-size",

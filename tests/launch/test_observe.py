@@ -14,7 +14,9 @@ def inside(inner: dict, outer: dict) -> bool:
     return outer["ts"] <= inner["ts"] and inner["ts"] + inner["dur"] <= outer["ts"] + outer["dur"] + 1e-3
 
 
-@pytest.mark.parametrize("mode", [["--workers", "2"], ["--workers", "2", "--single-process"]])
+@pytest.mark.parametrize(
+    "mode", [["--workers", "2", "--buckets", "stream"], ["--workers", "2", "--single-process"]]
+)
 def test_step_lines_and_a_trace_leave_the_weights_alone(mnist_dir, tmp_path, mode):
     common = ["conv-net", "--max-steps", "12", "--seed", "4", "--data-dir", str(mnist_dir), *mode]
     plain = run([*LAUNCH, *common, "--save", str(tmp_path / "plain.npz")])
