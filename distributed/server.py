@@ -398,11 +398,12 @@ class ParameterServer:
         new = self.updates.apply(bucket, gradient)
         self.ledger.updated.add(bucket)
         self.trace.phase("send update")
-        version = self.version + 1
-        frames = protocol.encode(protocol.UPDATE, new, step=self.step, version=version, bucket=bucket)
-        for rank in self.ready_ranks():
-            if self._send(rank, frames) and rank in self.members:
-                self.members[rank].held[bucket] = version
+        if len(self.buckets) > 1:  # else nothing computes meanwhile: the next PARAMS carries them
+            version = self.version + 1
+            frames = protocol.encode(protocol.UPDATE, new, step=self.step, version=version, bucket=bucket)
+            for rank in self.ready_ranks():
+                if self._send(rank, frames) and rank in self.members:
+                    self.members[rank].held[bucket] = version
         self.sent_at[bucket] = time.monotonic()
         self.update_s += time.perf_counter() - began
 

@@ -107,3 +107,32 @@ def test_in_process_and_zeromq_workers_give_the_same_bits(mnist, mnist_dir, spaw
     finally:
         transport.close(linger=5.0)
     assert all(a.tobytes() == b.tobytes() for a, b in zip(local, remote))
+
+
+def test_one_bucket_sends_no_updates_and_streamed_buckets_give_the_same_bits(mnist, mnist_dir):
+    """--buckets one: each worker sends one gradient message per step and gets the new weights in
+    the next PARAMS, with no UPDATE between; the weights are the streamed run's."""
+    from numpy_cnn.distributed.transport import LocalTransport
+    from numpy_cnn.distributed.worker import Worker
+
+    class Counting(Worker):
+        def handle(self, msg, send=None):
+            self.seen.append((msg.type, len(msg.arrays)))
+            return super().handle(msg, send)
+
+    runs = {}
+    for mode in ("stream", "one"):
+        config = JobConfig("conv-net", workers=2, max_steps=3, buckets=mode, data_dir=str(mnist_dir))
+        workers = [Counting(0, mnist), Counting(1, mnist)]
+        for w in workers:
+            w.seen = []
+        server = ParameterServer(config, LocalTransport(workers), mnist)
+        server.run()
+        runs[mode] = [p.data.tobytes() for p in server.params]
+        kinds = [t for t, _ in workers[0].seen]
+        if mode == "one":
+            assert len(server.buckets) == 1 and protocol.UPDATE not in kinds
+            assert all(n == 10 for t, n in workers[0].seen if t == protocol.PARAMS)  # every weight
+        else:
+            assert len(server.buckets) == 3 and kinds.count(protocol.UPDATE) == 3 * 3
+    assert runs["one"] == runs["stream"]
