@@ -5,9 +5,8 @@ gradients and caches). The job runs each shard's forward and backward pass in tu
 training does (a shard's caches are still warm for its backward pass). During the last shard's
 backward pass, as soon as the lowest layer of a bucket (numpy_cnn.buckets) is done, the bucket's
 gradient is final for every shard: it is summed over each owned node of the shard tree and
-handed on, while the backward pass goes on below. Each shard
-does exactly the arithmetic of numpy_cnn.shards.shard_gradient, so the bits are serial
-training's.
+handed on, while the backward pass goes on below. Each shard does exactly the arithmetic of
+numpy_cnn.shards.shard_gradient, so the bits are serial training's.
 """
 
 from __future__ import annotations
