@@ -118,27 +118,9 @@ def test_non_finite_statistics_are_rejected():
 
 
 def test_encode_refuses_arrays_it_cannot_send_as_they_are():
-    with pytest.raises(TypeError):
-        encode(
-            protocol.PARAMS,
-            [np.ones((4, 4), np.float32)[:, ::2]],
-            step=0,
-            version=0,
-            epoch=0,
-            index=0,
-            nodes=[[0, 1]],
-            buckets=[0],
-        )
-    with pytest.raises(TypeError):
-        encode(
-            protocol.PARAMS,
-            [np.ones(3, np.int64)],
-            step=0,
-            version=0,
-            epoch=0,
-            index=0,
-            nodes=[[0, 1]],
-            buckets=[0],
-        )
+    fields = {"step": 0, "version": 0, "epoch": 0, "index": 0, "nodes": [[0, 1]], "buckets": [0]}
+    for bad in (np.ones((4, 4), np.float32)[:, ::2], np.ones(3, np.int64)):  # strided; not a float
+        with pytest.raises(TypeError):
+            encode(protocol.PARAMS, [bad], **fields)
     with pytest.raises(ProtocolError):
         encode(protocol.READY)
