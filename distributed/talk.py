@@ -165,7 +165,8 @@ class Talk:
 
     def _relink(self) -> None:
         if self.link is not None:
-            self.poller.unregister(self.link.socket)
+            if self.listening:  # else a job is computing, and the socket is out of the poll (run)
+                self.poller.unregister(self.link.socket)
             self.poller.unregister(self.link.monitor)
             self.link.close()
         self.link = Link(self.context, self.endpoint, self.keys, self.join_timeout)

@@ -56,7 +56,7 @@ def test_a_server_that_dies_or_hangs_comes_back_and_the_weights_are_unchanged(
     if failure == "stuck":  # found within --timeout, not after the workers' --join-timeout
         assert "killing it and restarting it" in log and time.monotonic() - start < 40
     for rank in (0, 1):  # the same processes, welcomed back; nothing was restarted but the server
-        assert f"[worker {rank}] worker {rank}: welcomed back by the server at {transport}://" in log
+        assert f"[worker {rank}] worker {rank}: welcomed back by the server at {transport}://" in log, log
     assert [name for name, _ in job.started()].count("server") == 2
     assert {name: pid for name, pid in job.started() if name != "server"} == {
         "worker 0": first["worker 0"],
