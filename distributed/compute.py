@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from numpy_cnn.buckets import lowest_layers
+from numpy_cnn.layers import Columns, Conv2d
 from numpy_cnn.loss import CrossEntropyLoss
 from numpy_cnn.models import build
 from numpy_cnn.net import Net
@@ -50,11 +51,24 @@ class ShardJob:
                 self.lowest = lowest_layers(net, self.buckets)
         return net
 
+    def lower(self, k: int, x: np.ndarray) -> np.ndarray | Columns:
+        """Micro-shard k's input as far as it goes without the weights: a first convolution's
+        columns (layers.Conv2d.columns), which `forward` takes in place of x; else x itself."""
+        first = self.replica(k).layers[0]
+        return first.columns(x) if isinstance(first, Conv2d) and len(x) else x
+
     def forward(
-        self, k: int, weights: Sequence[np.ndarray], x: np.ndarray, y: np.ndarray, total: int, noise: tuple
+        self,
+        k: int,
+        weights: Sequence[np.ndarray],
+        x: np.ndarray | Columns,
+        y: np.ndarray,
+        total: int,
+        noise: tuple,
     ) -> tuple[float, int, np.ndarray | None]:
         """Micro-shard k's forward pass and its loss: (sum of losses, correct, d loss / d output);
-        an empty shard (a short last batch) has zero gradients and no backward pass."""
+        an empty shard (a short last batch) has zero gradients and no backward pass. x: the
+        samples, or what `lower` made of them."""
         net = self.replica(k)
         for p, w in zip(net.parameters, weights):
             p.data = w  # forward and backward only read the weights

@@ -50,7 +50,7 @@ class Worker:
         self.stop_reason = ""
         self.progress = 0  # micro-shards and buckets computed so far
         self.last: tuple[int, int, list[int]] | None = None  # (epoch, index, leaves) just computed
-        self.prepared: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}  # next step's
+        self.prepared: dict[tuple[int, int, int], tuple] = {}  # next step's (x or its columns, y)
         self.taken: dict[int, list[float]] = {}  # step -> when each bucket's UPDATE was taken
         # UPDATEs arrive on the talking thread while a job may take parameters on the compute thread
         self.lock = threading.Lock()
@@ -162,8 +162,9 @@ class Worker:
 
     def prepare_next(self) -> None:
         """While the gradients travel and the server runs Adam, make the samples of the next
-        batch's micro-shards this worker will most likely own (the same ones), so that only the
-        forward pass waits for the parameters. The same function makes them: the same bits."""
+        batch's micro-shards this worker will most likely own (the same ones), and, while streaming,
+        what the forward pass makes of them before it reads a weight (ShardJob.lower), so that
+        only the rest of it waits for the parameters. The same functions make them: the same bits."""
         if self.last is None:
             return
         (epoch, index, leaves), self.last = self.last, None
@@ -174,10 +175,15 @@ class Worker:
             epoch, index = epoch + 1, 0
         batch = global_batch(len(train), config.batch_size, config.seed, epoch, index, config.max_shift)
         bounds = shard_bounds(len(batch), config.shards)
-        self.prepared = {
-            (epoch, index, k): batch.samples(train.images, train.labels, self.shape, *bounds[k])
-            for k in leaves
-        }
+        # with one bucket, the processes outnumber the cores (config.local_buckets): the columns
+        # would take a core from the server's work on the step, which they are waiting for
+        lower = self.job.lower if config.buckets != "one" else lambda k, x: x
+        prepared = {}
+        with self.trace.span("prepare next batch"):
+            for k in leaves:
+                x, y = batch.samples(train.images, train.labels, self.shape, *bounds[k])
+                prepared[(epoch, index, k)] = (lower(k, x), y)
+        self.prepared = prepared
 
     def _step(self, msg: Message, send: Callable[[list], None]) -> None:
         """Forward and backward every micro-shard under the job's nodes, in turn, sending each

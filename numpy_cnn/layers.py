@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -113,28 +114,38 @@ class Conv2d(Layer):
         self.params["weight"] = Tensor((w_init or XavierUniform())(shape, rng, dtype), dtype)
         self.params["bias"] = Tensor((b_init or Zeros())((out_channels,), rng, dtype), dtype)
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        # (N, C, H, W) -> (N, OC, OH, OW)
-        w, b = self.params["weight"], self.params["bias"]
+    def columns(self, x: np.ndarray) -> Columns:
+        """Input (N, C, H, W) laid out as this layer's GEMM reads it: the half of the forward pass
+        that does not read the weights, so it can be done before they are known."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"{self!r} expects input (N, {self.in_channels}, H, W), got {x.shape}")
         (kh, kw), (sh, sw), (ph, pw) = self.k_size, self.stride, self.padding
-        n, _, h, wd = x.shape
+        h, wd = x.shape[2:]
         oh, ow = output_size(h, kh, sh, ph), output_size(wd, kw, sw, pw)
         if oh < 1 or ow < 1:
             raise ValueError(f"{self!r}: input {h}x{wd} is smaller than the kernel")
-        x = x.astype(w.dtype, copy=False)
-        self._x_shape = x.shape
+        x = x.astype(self.params["weight"].dtype, copy=False)
         # im2col_rows pays off where output rows are short (measured: conv-net's second conv,
         # OW 10, gains 0.3 ms a step; its first, OW 28, loses 0.2 ms to the wrapped columns)
-        self._rows = (sh, sw) == (1, 1) and ow < 16
-        if self._rows:
-            self._col, self._xp_shape = im2col_rows(x, kh, kw, ph, pw)  # (C*KH*KW, N*OH*Wp)
-            width = self._xp_shape[3]
-        else:
-            xp = pad2d(x, ph, pw)
-            self._xp_shape, width = xp.shape, ow
-            self._col = im2col(xp, kh, kw, sh, sw)  # (C*KH*KW, N*OH*OW)
+        if (sh, sw) == (1, 1) and ow < 16:
+            col, xp_shape = im2col_rows(x, kh, kw, ph, pw)  # (C*KH*KW, N*OH*Wp)
+            return Columns(self._geometry(), x.shape, xp_shape, (oh, ow), True, col)
+        xp = pad2d(x, ph, pw)
+        return Columns(self._geometry(), x.shape, xp.shape, (oh, ow), False, im2col(xp, kh, kw, sh, sw))
+
+    def _geometry(self) -> tuple:
+        return (self.in_channels, self.k_size, self.stride, self.padding, self.params["weight"].dtype)
+
+    def forward(self, x: np.ndarray | Columns) -> np.ndarray:
+        # (N, C, H, W), or its columns made beforehand -> (N, OC, OH, OW)
+        w, b = self.params["weight"], self.params["bias"]
+        if not isinstance(x, Columns):
+            x = self.columns(x)
+        elif x.geometry != self._geometry():
+            raise ValueError(f"{self!r} got columns made for another layer: {x.geometry}")
+        self._x_shape, self._xp_shape, self._rows, self._col = x.x_shape, x.xp_shape, x.rows, x.col
+        n, (oh, ow) = x.x_shape[0], x.out
+        width = self._xp_shape[3] if self._rows else ow
         out = w.data.reshape(self.out_channels, -1) @ self._col  # (OC, N*OH*width)
         out += b.data[:, None]
         # an NCHW view of channel-major memory (wrapped columns dropped): the next layer reads it
@@ -169,6 +180,22 @@ class Conv2d(Layer):
             f"Conv2d({self.in_channels}, {self.out_channels}, k_size={self.k_size}, "
             f"stride={self.stride}, padding={self.padding})"
         )
+
+
+@dataclass(frozen=True)
+class Columns:
+    """A Conv2d input already laid out for the layer's GEMM (Conv2d.columns), which its forward pass
+    takes in place of the input: a worker makes the next batch's while it waits for parameters."""
+
+    geometry: tuple  # the channels, kernel, stride, padding and dtype of the layer it is for
+    x_shape: tuple[int, ...]  # the input's (N, C, H, W)
+    xp_shape: tuple[int, ...]  # the padded input's
+    out: tuple[int, int]  # (OH, OW)
+    rows: bool  # laid out by im2col_rows (stride 1, short output rows), else by im2col
+    col: np.ndarray
+
+    def __len__(self) -> int:
+        return self.x_shape[0]
 
 
 def window_offsets(x: np.ndarray, k_size: tuple[int, int], stride: tuple[int, int]):

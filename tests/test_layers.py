@@ -122,6 +122,31 @@ def test_conv2d_matches_naive_loop(cin, cout, k, s, p, h, w, n):
     assert_close(layer.forward(x), expected, rtol=1e-12)
 
 
+@pytest.mark.parametrize("cin,cout,k,s,p,h,w,n", CONV_CASES)
+def test_conv2d_takes_its_columns_made_beforehand_with_the_same_bits(cin, cout, k, s, p, h, w, n):
+    rng = np.random.default_rng(4)
+    layer = Conv2d(cin, cout, k_size=k, stride=s, padding=p, rng=rng)
+    layer.params["bias"].data[:] = rng.standard_normal(cout)
+    x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
+    r = rng.standard_normal(layer.forward(x).shape).astype(np.float32)
+    results = []
+    for given in (x, layer.columns(x)):  # the columns are made before the weights change
+        layer.params["weight"].data = layer.params["weight"].data * 1  # new weights, as a worker gets
+        out = layer.forward(given)
+        dx = layer.backward(r)
+        results.append([out, dx, layer.params["weight"].grad.copy(), layer.params["bias"].grad.copy()])
+    for a, b in zip(*results):
+        assert a.shape == b.shape and a.tobytes() == np.ascontiguousarray(b).tobytes()
+
+
+def test_conv2d_refuses_columns_made_for_another_layer():
+    x = np.zeros((2, 1, 8, 8), np.float32)
+    columns = Conv2d(1, 2, k_size=3).columns(x)
+    for other in (Conv2d(1, 2, k_size=3, padding=1), Conv2d(1, 4, k_size=5)):
+        with pytest.raises(ValueError, match="columns made for another layer"):
+            other.forward(columns)
+
+
 POOL_CASES = [
     # (k, stride, H, W, batch)
     ((2, 2), (2, 2), 4, 6, 2),  # the fast path
