@@ -15,14 +15,15 @@ from typing import Any
 import msgpack
 import numpy as np
 
-VERSION = 5  # 3: WELCOME carries what workers must agree with; REFUSE. 4: buckets, UPDATE. 5: GRADS.taken
+VERSION = 6  # 3: WELCOME carries what workers must agree with; REFUSE. 4: buckets, UPDATE. 5: GRADS.taken
+# 6: PARAMS.carried
 HEARTBEATS_PER_TIMEOUT = 5  # a peer silent for a whole --timeout has missed this many heartbeats
 
 HELLO = "hello"  # worker -> server: rank, pid, boot (the machine's boot id: is its clock ours?)
 WELCOME = "welcome"  # server -> worker: rank, the job's config, what the worker must agree with
 REFUSE = "refuse"  # worker -> server: rank, how it differs (protocol, package, model, data)
 READY = "ready"  # worker -> server: rank; its data and replica are built
-PARAMS = "params"  # server -> worker: step, batch, the nodes and buckets to compute; all parameters or none
+PARAMS = "params"  # server -> worker: step, batch, the nodes and buckets to compute; the buckets it lacks
 UPDATE = "update"  # server -> worker: one bucket's new parameters, as soon as the server has them
 GRADS = "grads"  # worker -> server: one bucket's gradient sums over those nodes, and batch statistics
 HEARTBEAT = "heartbeat"  # both ways while nothing else is said: rank; the sender is alive
@@ -42,7 +43,9 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
         "index": int,
         "nodes": list,  # [[lo, hi], ...] shard-tree nodes whose gradient sums the server wants
         "buckets": list,  # the buckets (numpy_cnn.buckets) whose sums it wants, one GRADS each
-        # arrays: every parameter of `version`, for this job; none: use the ones the worker holds
+        # the buckets whose values of `version` the arrays are, bucket after bucket (ascending);
+        # the job uses the ones the worker holds for the others, which must be of `version`
+        "carried": list,
     },
     UPDATE: {"step": int, "version": int, "bucket": int},  # version: the new one; its arrays
     GRADS: {

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -264,28 +264,31 @@ class ParameterServer:
                     list(group),
                     part,
                 )
-                self._send_params(rank, part, group, full=True)  # if it fails, _lose hands it on
+                every = range(len(self.buckets))  # the values the step started from, whatever it holds
+                self._send_params(rank, part, group, every)  # if it fails, _lose hands it on
 
-    def _send_params(self, rank: int, nodes: list[Node], group: tuple[int, ...], full: bool) -> None:
-        """Ask `rank` for these buckets of these nodes; `full`: with every parameter of this step's
-        version (the old values of the buckets already updated this step), else with none."""
+    def _send_params(
+        self, rank: int, nodes: list[Node], group: tuple[int, ...], carried: Sequence[int]
+    ) -> None:
+        """Ask `rank` for these buckets of these nodes, with the values of this step's version of
+        the `carried` buckets (the old values of those already updated this step)."""
         epoch, index = self.batch
-        arrays = self.updates.before(self.ledger.updated) if full else []
         frames = protocol.encode(
             protocol.PARAMS,
-            arrays,
+            self.updates.before(self.ledger.updated, carried),
             step=self.step,
             version=self.version,
             epoch=epoch,
             index=index,
             nodes=[list(node) for node in nodes],
             buckets=list(group),
+            carried=list(carried),
         )
         member = self.members.get(rank)
         if member is not None:
             member.asked += 1
-            if full:  # the worker keeps what it held older (Worker._weights): so does its record
-                member.held = [max(h, self.version) for h in member.held]
+            for b in carried:  # the worker keeps what it held newer (Worker._weights): so does its record
+                member.held[b] = max(member.held[b], self.version)
         self._send(rank, frames)
 
     def register(self) -> None:
@@ -356,9 +359,9 @@ class ParameterServer:
         every = tuple(range(len(self.buckets)))
         for rank, nodes in work.items():
             if rank in self.members:  # an earlier send in this loop may have found it gone
-                # a worker that got every update of the last step holds this version: no arrays
-                full = self.members[rank].held != [self.version] * len(self.buckets)
-                self._send_params(rank, nodes, every, full)
+                # the last step's last bucket, and all of them for a worker that is new or was lent
+                lacks = [b for b, h in enumerate(self.members[rank].held) if h != self.version]
+                self._send_params(rank, nodes, every, lacks)
         self.trace.phase("receive gradients")  # each bucket's sum, Adam and update inside (_reduce)
         self._serve(lambda: self.ledger.finished)
         self.trace.phase(None)
@@ -398,7 +401,9 @@ class ParameterServer:
         new = self.updates.apply(bucket, gradient)
         self.ledger.updated.add(bucket)
         self.trace.phase("send update")
-        if len(self.buckets) > 1:  # else nothing computes meanwhile: the next PARAMS carries them
+        # the step's last bucket: nothing computes meanwhile, and the next PARAMS carries it (one
+        # message fewer between a step's last gradient and the next step's forward pass)
+        if not self.ledger.finished:
             version = self.version + 1
             frames = protocol.encode(protocol.UPDATE, new, step=self.step, version=version, bucket=bucket)
             for rank in self.ready_ranks():
@@ -422,8 +427,8 @@ class ParameterServer:
 
 def taken_after(answers: list[Message], before: tuple[int, float] | None, step: int) -> list[float] | None:
     """Per bucket, seconds after the start of the step before `step` when the last of the workers
-    that answered `step` took that step's update; None when unknown (a fresh start, or a worker
-    that got those parameters in its PARAMS instead)."""
+    that answered `step` took that step's update (in an UPDATE, or in the next PARAMS); None when
+    unknown (a fresh start, or a worker that joined since)."""
     if before is None or before[0] != step - 1 or not answers:
         return None
     last = [max(column) for column in zip(*(m["taken"] for m in answers))]

@@ -8,7 +8,7 @@ until the step ends: workers that take over a lost worker's share of the step ge
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
@@ -37,9 +37,11 @@ class BucketUpdates:
         self._swap(ids)
         return [self.params[i].data for i in ids]
 
-    def before(self, updated: Collection[int]) -> list[np.ndarray]:
-        """Every parameter as the step found it, `updated` being the buckets it has updated."""
-        return [self.spare[i] if self.bucket_of[i] in updated else p.data for i, p in enumerate(self.params)]
+    def before(self, updated: Collection[int], buckets: Sequence[int]) -> list[np.ndarray]:
+        """The parameters of `buckets`, bucket after bucket, as the step found them, `updated` being
+        the buckets it has updated."""
+        ids = [i for b in buckets for i in self.buckets[b]]
+        return [self.spare[i] if self.bucket_of[i] in updated else self.params[i].data for i in ids]
 
     def roll_back(self, updated: Collection[int]) -> None:
         """Put back the values the step found in the `updated` buckets, and the step count. (Adam's

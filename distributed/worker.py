@@ -51,7 +51,7 @@ class Worker:
         self.progress = 0  # micro-shards and buckets computed so far
         self.last: tuple[int, int, list[int]] | None = None  # (epoch, index, leaves) just computed
         self.prepared: dict[tuple[int, int, int], tuple] = {}  # next step's (x or its columns, y)
-        self.taken: dict[int, list[float]] = {}  # step -> when each bucket's UPDATE was taken
+        self.taken: dict[int, list[float]] = {}  # step -> when each bucket of its update came
         # UPDATEs arrive on the talking thread while a job may take parameters on the compute thread
         self.lock = threading.Lock()
         self.trace = OFF  # the job's config says whether to trace (_setup)
@@ -129,31 +129,36 @@ class Worker:
         ids = self.buckets[b]
         self._check_arrays(msg.arrays, [self.shapes[i] for i in ids], f"bucket {b}")
         with self.lock:
-            if msg["version"] > self.held[b]:
-                for i, a in zip(ids, msg.arrays):
-                    self.current[i] = a  # a read-only view of the received frame, no copy
-                self.held[b] = msg["version"]
-            step = msg["step"]
+            self._hold(b, msg["version"], msg.arrays, msg["step"])
+
+    def _hold(self, b: int, version: int, arrays: Sequence[np.ndarray], step: int) -> None:
+        """Hold these values of bucket b unless it holds newer ones; they are step `step`'s update
+        (the next GRADS reports when they came). Under the lock."""
+        if version > self.held[b]:
+            for i, a in zip(self.buckets[b], arrays):
+                self.current[i] = a  # a read-only view of the received frame, no copy
+            self.held[b] = version
             self.taken.setdefault(step, [0.0] * len(self.buckets))[b] = time.monotonic()
-            for old in [s for s in self.taken if s < step]:  # the next GRADS reports this step's
+            for old in [s for s in self.taken if s < step]:
                 del self.taken[old]
 
     def _weights(self, msg: Message) -> list[np.ndarray]:
-        """The parameters a PARAMS job computes with: those it carries (the worker then holds
-        every bucket it held older), or, when it carries none, those held, all of its version."""
-        version = msg["version"]
+        """The parameters a PARAMS job computes with: those of the buckets it carries (the worker
+        then holds those it held older), and those held of the others, which must be of its
+        version."""
+        version, carried = msg["version"], msg["carried"]
+        n = len(self.buckets)
+        if not all(type(b) is int and 0 <= b < n for b in carried) or carried != sorted(set(carried)):
+            raise ProtocolError(f"carried buckets {carried!r} are not ascending buckets of this net's {n}")
+        ids = [i for b in carried for i in self.buckets[b]]
+        self._check_arrays(msg.arrays, [self.shapes[i] for i in ids], "parameters")
+        given = dict(zip(ids, msg.arrays))
         with self.lock:
-            if msg.arrays:
-                self._check_arrays(msg.arrays, self.shapes, "parameters")
-                for b, ids in enumerate(self.buckets):
-                    if self.held[b] < version:
-                        for i in ids:
-                            self.current[i] = msg.arrays[i]
-                        self.held[b] = version
-                return list(msg.arrays)
-            if any(h != version for h in self.held):
+            for b in carried:  # the last step's update of b, if it is news
+                self._hold(b, version, [given[i] for i in self.buckets[b]], msg["step"] - 1)
+            if any(h != version for b, h in enumerate(self.held) if b not in carried):
                 raise ProtocolError(f"asked to compute version {version} but holds versions {self.held}")
-            return list(self.current)
+            return [given.get(i, current) for i, current in enumerate(self.current)]
 
     @staticmethod
     def _check_arrays(arrays: Sequence[np.ndarray], shapes: list, what: str) -> None:

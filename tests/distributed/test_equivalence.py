@@ -111,7 +111,8 @@ def test_in_process_and_zeromq_workers_give_the_same_bits(mnist, mnist_dir, spaw
 
 def test_one_bucket_sends_no_updates_and_streamed_buckets_give_the_same_bits(mnist, mnist_dir):
     """--buckets one: each worker sends one gradient message per step and gets the new weights in
-    the next PARAMS, with no UPDATE between; the weights are the streamed run's."""
+    the next PARAMS, with no UPDATE between; the weights are the streamed run's (whose last bucket
+    of a step rides with the next PARAMS too)."""
     from numpy_cnn.distributed.transport import LocalTransport
     from numpy_cnn.distributed.worker import Worker
 
@@ -130,9 +131,11 @@ def test_one_bucket_sends_no_updates_and_streamed_buckets_give_the_same_bits(mni
         server.run()
         runs[mode] = [p.data.tobytes() for p in server.params]
         kinds = [t for t, _ in workers[0].seen]
+        carried = [n for t, n in workers[0].seen if t == protocol.PARAMS]
         if mode == "one":
             assert len(server.buckets) == 1 and protocol.UPDATE not in kinds
-            assert all(n == 10 for t, n in workers[0].seen if t == protocol.PARAMS)  # every weight
-        else:
-            assert len(server.buckets) == 3 and kinds.count(protocol.UPDATE) == 3 * 3
+            assert carried == [10, 10, 10]  # every weight
+        else:  # an UPDATE for each bucket but a step's last, which rides with the next PARAMS
+            assert len(server.buckets) == 3 and kinds.count(protocol.UPDATE) == 2 * 3
+            assert carried == [10, 4, 4]  # every weight, then the two convolutions'
     assert runs["one"] == runs["stream"]

@@ -22,7 +22,8 @@ def _as_received(frames):
 
 def test_round_trip_without_copies():
     arrays = _params()
-    frames = encode(protocol.PARAMS, arrays, step=3, version=3, epoch=0, index=2, nodes=[[0, 2]], buckets=[0])
+    fields = dict(step=3, version=3, epoch=0, index=2, nodes=[[0, 2]], buckets=[0], carried=[0])
+    frames = encode(protocol.PARAMS, arrays, **fields)
     assert frames[1] is arrays[0]  # the array itself is the frame: zmq sends it in place
     received = _as_received(frames)
     msg = decode(received)
@@ -40,7 +41,15 @@ def test_every_message_type_round_trips():
         protocol.WELCOME: {"rank": 1, "config": {"model": "fc-net"}, "expect": {"protocol": "3"}},
         protocol.REFUSE: {"rank": 1, "reason": "model differs"},
         protocol.READY: {"rank": 1},
-        protocol.PARAMS: {"step": 0, "version": 0, "epoch": 0, "index": 0, "nodes": [[0, 1]], "buckets": [0]},
+        protocol.PARAMS: {
+            "step": 0,
+            "version": 0,
+            "epoch": 0,
+            "index": 0,
+            "nodes": [[0, 1]],
+            "buckets": [0],
+            "carried": [0],
+        },
         protocol.UPDATE: {"step": 0, "version": 1, "bucket": 2},
         protocol.GRADS: {
             "step": 1,
@@ -118,7 +127,7 @@ def test_non_finite_statistics_are_rejected():
 
 
 def test_encode_refuses_arrays_it_cannot_send_as_they_are():
-    fields = {"step": 0, "version": 0, "epoch": 0, "index": 0, "nodes": [[0, 1]], "buckets": [0]}
+    fields = dict(step=0, version=0, epoch=0, index=0, nodes=[[0, 1]], buckets=[0], carried=[0])
     for bad in (np.ones((4, 4), np.float32)[:, ::2], np.ones(3, np.int64)):  # strided; not a float
         with pytest.raises(TypeError):
             encode(protocol.PARAMS, [bad], **fields)

@@ -56,4 +56,4 @@ def test_update_times_are_taken_from_the_next_answers_relative_to_the_step_befor
     assert taken_after(answers, (6, 10.0), 7) == pytest.approx([0.005, 0.009])  # the last worker's
     assert taken_after(answers, (5, 10.0), 7) is None  # not the step before (a resume)
     assert taken_after(answers, None, 7) is None  # the first step
-    assert taken_after([{"taken": [0.0, 10.009]}, *answers], (6, 10.0), 7) is None  # got PARAMS instead
+    assert taken_after([{"taken": [0.0, 10.009]}, *answers], (6, 10.0), 7) is None  # joined since

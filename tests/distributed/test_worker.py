@@ -32,17 +32,21 @@ def welcome(worker: Worker, config: JobConfig) -> None:
     assert ready.type == protocol.READY and ready["rank"] == worker.rank
 
 
-def params(net, nodes, epoch=1, index=5, step=3, wanted=(0, 1, 2), arrays=True):
+def params(net, nodes, epoch=1, index=5, step=3, wanted=(0, 1, 2), carried=None, plan=None):
+    """A PARAMS job carrying `net`'s values of the buckets `carried` (default: all of `plan`)."""
+    plan = buckets.plan(net) if plan is None else plan
+    carried = range(len(plan)) if carried is None else carried
     return protocol.decode(
         protocol.encode(
             protocol.PARAMS,
-            [p.data for p in net.parameters] if arrays else [],
+            [net.parameters[i].data for b in carried for i in plan[b]],
             step=step,
             version=step,
             epoch=epoch,
             index=index,
             nodes=[list(n) for n in nodes],
             buckets=list(wanted),
+            carried=list(carried),
         )
     )
 
@@ -95,12 +99,16 @@ def test_holds_parameters_by_bucket_and_version(data):
     welcome(worker, config)
     old, new = build("conv-net", seed=7), build("conv-net", seed=8)
     with pytest.raises(ProtocolError, match="holds versions"):  # nothing held yet: arrays needed
-        worker.handle(params(old, [(0, 2)], arrays=False))
+        worker.handle(params(old, [(0, 2)], carried=()))
     with threadpool_limits(1):
         worker.handle(params(old, [(0, 2)]))  # version 3, held from now on
-        for b in range(3):
+        for b in range(2):
             worker.handle(update(new, b, 4))
-        streamed = worker.handle(params(new, [(0, 2)], step=4, arrays=False))  # uses what it holds
+        assert worker.taken[3][:2] != [0.0, 0.0] and worker.taken[3][2] == 0.0
+        # the step's last bucket comes with the next job, which uses the others held
+        rode = worker.handle(params(new, [(0, 2)], step=4, carried=[2]))
+        assert worker.held == [4, 4, 4] and 0.0 not in worker.taken[3]  # when each update came
+        streamed = worker.handle(params(new, [(0, 2)], step=4, carried=()))  # uses what it holds
         sent = worker.handle(params(new, [(0, 2)], step=4))
         # a take-over job of version 3 brings its own parameters and leaves those held alone
         worker.handle(params(old, [(0, 2)], step=3))
@@ -108,11 +116,17 @@ def test_holds_parameters_by_bucket_and_version(data):
         assert all(
             a is b.data or a.tobytes() == b.data.tobytes() for a, b in zip(worker.current, new.parameters)
         )
-    assert len(streamed) == len(sent) == 3
-    for a, b in zip(map(protocol.decode, streamed), map(protocol.decode, sent)):
+    assert len(rode) == len(streamed) == len(sent) == 3
+    for a, b, c in zip(*(map(protocol.decode, job) for job in (rode, streamed, sent))):
         assert [x.tobytes() for x in a.arrays] == [y.tobytes() for y in b.arrays]
+        assert [x.tobytes() for x in a.arrays] == [y.tobytes() for y in c.arrays]
     with pytest.raises(ProtocolError, match="holds versions"):
-        worker.handle(params(new, [(0, 2)], step=5, arrays=False))
+        worker.handle(params(new, [(0, 2)], step=5, carried=[0, 2]))
+    for carried in ([2, 1], [1, 1], [3], [True]):
+        with pytest.raises(ProtocolError, match="carried buckets"):
+            worker.handle(params(new, [(0, 2)], step=5, carried=carried, plan=[*buckets.plan(new), [0], [0]]))
+    with pytest.raises(ProtocolError, match="parameters do not match"):  # bucket 1's values as bucket 2's
+        worker.handle(params(new, [(0, 2)], step=5, carried=[2], plan=[[], [], buckets.plan(new)[1]]))
     with pytest.raises(ProtocolError, match="bucket 1 do not match"):
         worker.handle(_wrong_bucket(new))
     with pytest.raises(ProtocolError, match="update of bucket 3"):
@@ -206,10 +220,10 @@ def test_the_next_batch_is_made_while_the_gradients_travel(data, buckets):
     welcome(worker, config)
     net = build("conv-net", seed=7)
     last = len(data.train) // 64  # 60000 = 937 * 64 + 32: batch 937 is the epoch's short last one
-    wanted = range(len(worker.buckets))
+    wanted, plan = range(len(worker.buckets)), worker.buckets
     for epoch, index, following in [(1, 5, (1, 6)), (1, last, (2, 0))]:
         with threadpool_limits(1):
-            worker.handle(params(net, [(2, 4)], epoch=epoch, index=index, wanted=wanted))
+            worker.handle(params(net, [(2, 4)], epoch=epoch, index=index, wanted=wanted, plan=plan))
         worker.prepare_next()
         batch = global_batch(len(data.train), 64, 2, *following, config.max_shift)
         bounds = shard_bounds(len(batch), 4)
@@ -226,5 +240,5 @@ def test_the_next_batch_is_made_while_the_gradients_travel(data, buckets):
                 assert x.tobytes() == want_x.tobytes()
             assert np.array_equal(y, want_y)
     with threadpool_limits(1):
-        worker.handle(params(net, [(2, 4)], epoch=2, index=0, wanted=wanted))
+        worker.handle(params(net, [(2, 4)], epoch=2, index=0, wanted=wanted, plan=plan))
     assert worker.prepared == {}  # used, not kept
