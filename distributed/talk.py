@@ -83,8 +83,8 @@ class ComputeThread:
                 self.result = ([], e)
             os.write(self.wake_w, b".")
             if self.jobs.empty():
-                try:  # idle until the next parameters arrive: get their batch ready
-                    self.worker.prepare_next()
+                try:  # idle until the next parameters arrive: get their batch ready (not longer)
+                    self.worker.prepare_next(until=lambda: not self.jobs.empty())
                 except Exception as e:  # only a head start: the step makes its samples itself
                     log.warning("worker %d: could not prepare the next batch: %s", self.worker.rank, e)
 

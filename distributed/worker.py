@@ -165,11 +165,13 @@ class Worker:
         if len(arrays) != len(shapes) or any((a.shape, a.dtype) != s for a, s in zip(arrays, shapes)):
             raise ProtocolError(f"{what} do not match this worker's net")
 
-    def prepare_next(self) -> None:
+    def prepare_next(self, until: Callable[[], bool] = lambda: False) -> None:
         """While the gradients travel and the server runs Adam, make the samples of the next
         batch's micro-shards this worker will most likely own (the same ones), and, while streaming,
         what the forward pass makes of them before it reads a weight (ShardJob.lower), so that
-        only the rest of it waits for the parameters. The same functions make them: the same bits."""
+        only the rest of it waits for the parameters. The same functions make them: the same bits.
+        It stops between shards once `until()` is true (the parameters are there): the job makes
+        the rest itself."""
         if self.last is None:
             return
         (epoch, index, leaves), self.last = self.last, None
@@ -186,6 +188,8 @@ class Worker:
         prepared = {}
         with self.trace.span("prepare next batch"):
             for k in leaves:
+                if until():
+                    break
                 x, y = batch.samples(train.images, train.labels, self.shape, *bounds[k])
                 prepared[(epoch, index, k)] = (lower(k, x), y)
         self.prepared = prepared

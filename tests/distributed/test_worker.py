@@ -242,3 +242,20 @@ def test_the_next_batch_is_made_while_the_gradients_travel(data, buckets):
     with threadpool_limits(1):
         worker.handle(params(net, [(2, 4)], epoch=2, index=0, wanted=wanted, plan=plan))
     assert worker.prepared == {}  # used, not kept
+
+
+def test_preparing_stops_when_the_parameters_come_and_the_job_makes_the_rest(data):
+    config = JobConfig("conv-net", workers=2, shards=4, seed=2, buckets="stream")
+    net = build("conv-net", seed=7)
+    answers = []
+    for prepared in (0, 1, 2):  # shards made before the next job came
+        worker = Worker(1, data)
+        welcome(worker, config)
+        with threadpool_limits(1):
+            worker.handle(params(net, [(2, 4)], index=5))
+            asked = iter(range(10))  # until() is asked before each shard
+            worker.prepare_next(until=lambda asked=asked, prepared=prepared: next(asked) >= prepared)
+            assert len(worker.prepared) == prepared
+            replies = worker.handle(params(net, [(2, 4)], index=6))
+        answers.append([a.tobytes() for frames in replies for a in protocol.decode(frames).arrays])
+    assert answers[0] == answers[1] == answers[2]
