@@ -108,6 +108,9 @@ def run_once(
             text=True,
             stdin=subprocess.DEVNULL,
             timeout=3600,
+            # not in a checkout: `python -m numpy_cnn...` would import that folder's numpy_cnn,
+            # whichever install runs it (an @other mode would mix two versions)
+            cwd=tmp,
         )
         wall = time.perf_counter() - start
         if result.returncode != 0:
