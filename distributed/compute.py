@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from numpy_cnn.buckets import lowest_layers
+from numpy_cnn.buckets import Layout, lowest_layers
 from numpy_cnn.layers import Columns, Conv2d
 from numpy_cnn.loss import CrossEntropyLoss
 from numpy_cnn.models import build
@@ -30,13 +30,14 @@ Emit = Callable[[int, list[np.ndarray], float], None]
 class ShardJob:
     """The replicas and gradient buffers of one worker's micro-shards, kept from job to job."""
 
-    def __init__(self, model: str, seed: int, dtype: str, buckets: list[list[int]], data=None) -> None:
+    def __init__(self, model: str, seed: int, dtype: str, layout: Layout, data=None) -> None:
         self.model, self.seed, self.dtype = model, seed, dtype
         self.data = data  # your own model is built for the data's sample shape and classes
-        self.buckets = buckets
+        self.layout = layout
         self.replicas: dict[int, Net] = {}  # micro-shard -> its replica (made on first use)
-        self.leaf_grads: dict[Node, list[np.ndarray]] = {}  # backward writes straight into these
-        self.scratch: list[dict] = [{} for _ in buckets]  # the tree's inner sums, per bucket
+        # micro-shard -> its gradient, flat (Layout): backward writes straight into views of it
+        self.leaf_grads: dict[int, np.ndarray] = {}
+        self.scratch: list[dict] = [{} for _ in layout.plan]  # the tree's inner sums, per bucket
         self.loss = CrossEntropyLoss()
         self.lowest: list[int] | None = None
 
@@ -44,11 +45,11 @@ class ShardJob:
         net = self.replicas.get(k)
         if net is None:
             net = self.replicas[k] = build(self.model, seed=self.seed, dtype=self.dtype, data=self.data)
-            grads = self.leaf_grads[(k, k + 1)] = [np.zeros_like(p.data) for p in net.parameters]
-            for p, g in zip(net.parameters, grads):
+            flat = self.leaf_grads[k] = np.zeros(self.layout.size, net.parameters[0].dtype)
+            for p, g in zip(net.parameters, self.layout.views(flat)):
                 p.grad = g
             if self.lowest is None:
-                self.lowest = lowest_layers(net, self.buckets)
+                self.lowest = lowest_layers(net, self.layout.plan)
         return net
 
     def lower(self, k: int, x: np.ndarray) -> np.ndarray | Columns:
@@ -105,10 +106,7 @@ class ShardJob:
                     progress()
 
     def sums(self, b: int, leaves: list[int], nodes: Sequence[Node]) -> list[np.ndarray]:
-        """Bucket b's gradient summed over each of `nodes` in the fixed tree, node after node."""
-        ids = self.buckets[b]
-        parts = {(k, k + 1): [self.leaf_grads[(k, k + 1)][i] for i in ids] for k in leaves}
-        arrays: list[np.ndarray] = []
-        for node in nodes:
-            arrays.extend(tree_sum(node, parts, self.scratch[b]))
-        return arrays
+        """Bucket b's gradient (flat) summed over each of `nodes` in the fixed tree, node after node."""
+        span = self.layout.span(b)
+        parts = {(k, k + 1): [self.leaf_grads[k][span]] for k in leaves}
+        return [tree_sum(node, parts, self.scratch[b])[0] for node in nodes]

@@ -26,7 +26,7 @@ class StepLedger:
         self.buckets = buckets  # parameter indices of each bucket (numpy_cnn.buckets.plan)
         self.last = len(buckets) - 1  # the bucket every job ends with: its answer carries the stats
         self.owner: list[dict[Node, int | None]] = [{} for _ in buckets]  # still owed -> rank
-        self.parts: list[dict[Node, Sequence[np.ndarray]]] = [{} for _ in buckets]
+        self.parts: list[dict[Node, Sequence[np.ndarray]]] = [{} for _ in buckets]  # [flat sum]
         self.arrived: list[list[Message]] = [[] for _ in buckets]  # the answers that brought them
         self.updated: set[int] = set()  # buckets the server has updated this step
         self.answers: list[Message] = []  # accepted answers of the last bucket
@@ -104,17 +104,16 @@ class StepLedger:
         counts = self.counts(nodes)
         if msg["counts"] != counts:
             return f"sample counts {msg['counts']}, expected {counts}"
-        n = len(self.buckets[b])
-        if len(msg.arrays) != len(nodes) * n:
-            return f"{len(msg.arrays)} arrays, expected {len(nodes) * n}"
+        if len(msg.arrays) != len(nodes):  # the bucket's sum over each node, flat
+            return f"{len(msg.arrays)} arrays, expected {len(nodes)}"
         return None
 
     def accept(self, msg: Message) -> int:
         """Take the node sums of a checked GRADS message; returns its bucket."""
-        b, n = msg["bucket"], len(self.buckets[msg["bucket"]])
-        for j, (lo, hi) in enumerate(msg["nodes"]):
+        b = msg["bucket"]
+        for (lo, hi), array in zip(msg["nodes"], msg.arrays):
             del self.owner[b][(lo, hi)]
-            self.parts[b][(lo, hi)] = msg.arrays[j * n : (j + 1) * n]
+            self.parts[b][(lo, hi)] = [array]
         self.arrived[b].append(msg)
         self.ready[b] = max(self.ready[b], msg["started"] + msg["compute_s"])
         self.came_in[b] = time.monotonic()
@@ -122,9 +121,10 @@ class StepLedger:
             self.answers.append(msg)
         return b
 
-    def gradient(self, bucket: int) -> Sequence[np.ndarray]:
-        """The whole batch's gradient of `bucket`: the arrived parts added up the fixed tree."""
-        return tree_sum((0, self.shards), self.parts[bucket], self.scratch[bucket])
+    def gradient(self, bucket: int) -> np.ndarray:
+        """The whole batch's gradient of `bucket` (flat): the arrived parts added up the fixed tree."""
+        (total,) = tree_sum((0, self.shards), self.parts[bucket], self.scratch[bucket])
+        return total
 
     def nonfinite_ranks(self, bucket: int) -> list[int]:
         """The ranks whose sums of `bucket` hold a NaN or an Inf."""

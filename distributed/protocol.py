@@ -15,8 +15,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
-VERSION = 6  # 3: WELCOME carries what workers must agree with; REFUSE. 4: buckets, UPDATE. 5: GRADS.taken
-# 6: PARAMS.carried
+VERSION = 7  # 3: WELCOME carries what workers must agree with; REFUSE. 4: buckets, UPDATE. 5: GRADS.taken
+# 6: PARAMS.carried. 7: a bucket's parameters or gradient sums travel as one flat array
 HEARTBEATS_PER_TIMEOUT = 5  # a peer silent for a whole --timeout has missed this many heartbeats
 
 HELLO = "hello"  # worker -> server: rank, pid, boot (the machine's boot id: is its clock ours?)
@@ -43,17 +43,18 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
         "index": int,
         "nodes": list,  # [[lo, hi], ...] shard-tree nodes whose gradient sums the server wants
         "buckets": list,  # the buckets (numpy_cnn.buckets) whose sums it wants, one GRADS each
-        # the buckets whose values of `version` the arrays are, bucket after bucket (ascending);
-        # the job uses the ones the worker holds for the others, which must be of `version`
+        # the buckets whose values of `version` the arrays are, one flat array each (ascending;
+        # numpy_cnn.buckets.Layout); the job uses the ones the worker holds for the others,
+        # which must be of `version`
         "carried": list,
     },
-    UPDATE: {"step": int, "version": int, "bucket": int},  # version: the new one; its arrays
+    UPDATE: {"step": int, "version": int, "bucket": int},  # version: the new one; its flat array
     GRADS: {
         "step": int,
         "version": int,
         "bucket": int,
         "rank": int,
-        "nodes": list,  # [[lo, hi], ...] shard ranges, one group of arrays per node
+        "nodes": list,  # [[lo, hi], ...] shard ranges, one flat array (the bucket's sum) per node
         "counts": list,  # samples in each node
         "loss": float,  # sum of the per-sample losses
         "correct": int,

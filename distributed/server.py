@@ -61,7 +61,8 @@ class ParameterServer:
         self.optimizer = Adam(self.params, lr=config.lr)
         # every worker derives the same plan from its net and this config (sent in WELCOME)
         self.buckets = buckets.plan(self.net, config.bucket_cap)
-        self.updates = BucketUpdates(self.optimizer, self.buckets)
+        self.layout = buckets.Layout.of(self.net, self.buckets)  # a bucket: one flat span, one frame
+        self.updates = BucketUpdates(self.optimizer, self.layout)
         self.update_s = 0.0  # this step's time in summing, Adam and sending updates
         self.sent_at = [0.0] * len(self.buckets)  # when each bucket's update went out, this step
         self.last_start: tuple[int, float] | None = None  # the step before this one, and its start
@@ -325,11 +326,10 @@ class ParameterServer:
         taken = msg["taken"]
         if len(taken) != len(self.buckets) or not all(type(t) is float and t >= 0.0 for t in taken):
             return f"taken {taken!r:.200} is not {len(self.buckets)} times, one per bucket"
-        ids = self.buckets[msg["bucket"]]
-        for i, a in enumerate(msg.arrays):
-            p = self.params[ids[i % len(ids)]]
-            if a.shape != p.shape or a.dtype != p.dtype:
-                return f"array {i} is {a.dtype} {a.shape}, expected {p.dtype} {p.shape}"
+        shape, dtype = (self.layout.length(msg["bucket"]),), self.params[0].dtype
+        for i, a in enumerate(msg.arrays):  # one flat array per node
+            if a.shape != shape or a.dtype != dtype:
+                return f"array {i} is {a.dtype} {a.shape}, expected {dtype} {shape}"
         return None
 
     # -- training -----------------------------------------------------------------------------
@@ -391,7 +391,7 @@ class ParameterServer:
         began = time.perf_counter()
         self.trace.phase("sum")
         gradient = self.ledger.gradient(bucket)
-        if not all(np.isfinite(g).all() for g in gradient):  # a NaN or Inf anywhere reaches the root
+        if not np.isfinite(gradient).all():  # a NaN or Inf anywhere reaches the root
             # a real worker's gradient blew up: no update can be trusted; undo this step's others
             self.updates.roll_back(self.ledger.updated)
             self.ledger.updated = set()
@@ -405,7 +405,7 @@ class ParameterServer:
         # message fewer between a step's last gradient and the next step's forward pass)
         if not self.ledger.finished:
             version = self.version + 1
-            frames = protocol.encode(protocol.UPDATE, new, step=self.step, version=version, bucket=bucket)
+            frames = protocol.encode(protocol.UPDATE, [new], step=self.step, version=version, bucket=bucket)
             for rank in self.ready_ranks():
                 if self._send(rank, frames) and rank in self.members:
                     self.members[rank].held[bucket] = version

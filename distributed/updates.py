@@ -1,9 +1,11 @@
-"""BucketUpdates: the server's parameters in two buffers, and Adam run on one bucket at a time.
+"""BucketUpdates: the server's parameters in two flat buffers, and Adam run on one bucket at a time.
 
-Adam is elementwise, so a step done bucket by bucket, after counting the step once, has the bits of
-one done all at once (Optimizer.update_some). Each bucket's new values go into the spare buffer,
-which then becomes the parameter's, so the values of the version the step started from stay whole
-until the step ends: workers that take over a lost worker's share of the step get them.
+The parameters lie end to end in a flat vector, bucket after bucket (numpy_cnn.buckets.Layout),
+so a bucket is one span: one frame on the wire, one pass of each of Adam's operations. Adam is
+elementwise, so a step done bucket by bucket, after counting the step once, has the bits of one
+done all at once (Optimizer.update_span). Each bucket's new values go into the other buffer, which
+then holds that bucket, so the values of the version the step started from stay whole until the
+step ends: workers that take over a lost worker's share of the step get them.
 """
 
 from __future__ import annotations
@@ -12,45 +14,52 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 
+from numpy_cnn.buckets import Layout
 from numpy_cnn.optim import Optimizer
 
 
 class BucketUpdates:
-    """The optimizer's parameters (Tensors), a spare array for each, and the bucket plan."""
+    """The optimizer, two flat buffers of its parameters, and which of them holds each bucket's
+    current values (the parameters' .data are views of it)."""
 
-    def __init__(self, optimizer: Optimizer, buckets: list[list[int]]) -> None:
-        self.optimizer, self.params, self.buckets = optimizer, optimizer.params, buckets
-        self.bucket_of = {i: b for b, ids in enumerate(buckets) for i in ids}
-        self.spare = [np.empty_like(p.data) for p in self.params]
+    def __init__(self, optimizer: Optimizer, layout: Layout) -> None:
+        self.optimizer, self.params, self.layout = optimizer, optimizer.params, layout
+        dtype = self.params[0].data.dtype
+        self.flat = [np.empty(layout.size, dtype), np.empty(layout.size, dtype)]
+        self.views = [layout.views(flat) for flat in self.flat]
+        for p, view in zip(self.params, self.views[0]):
+            view[...] = p.data
+            p.data = view  # loading a checkpoint writes into it (Net.load_arrays)
+        self.side = [0] * len(layout.plan)  # the buffer that holds each bucket's current values
+        optimizer.flatten(layout)
 
     def begin(self, lr: float) -> None:
         """A new step: count it once (Adam's bias correction), at this learning rate."""
         self.optimizer.t += 1
         self.optimizer.lr = lr
 
-    def apply(self, bucket: int, gradient: list[np.ndarray]) -> list[np.ndarray]:
-        """Run the step on `bucket` with its summed gradient; returns its new values."""
-        ids = self.buckets[bucket]
-        for i, g in zip(ids, gradient):
-            self.params[i].grad = g
-        self.optimizer.update_some(ids, [self.spare[i] for i in ids])
-        self._swap(ids)
-        return [self.params[i].data for i in ids]
+    def apply(self, bucket: int, gradient: np.ndarray) -> np.ndarray:
+        """Run the step on `bucket` with its summed gradient (flat); returns its new values (flat)."""
+        span, side = self.layout.span(bucket), self.side[bucket]
+        for i, g in zip(self.layout.plan[bucket], self.layout.bucket_views(bucket, gradient)):
+            self.params[i].grad = g  # the step's gradient, as a serial optimizer would have it
+        self.optimizer.update_span(span, gradient, self.flat[side][span], self.flat[1 - side][span])
+        self._swap(bucket)
+        return self.flat[1 - side][span]
 
     def before(self, updated: Collection[int], buckets: Sequence[int]) -> list[np.ndarray]:
-        """The parameters of `buckets`, bucket after bucket, as the step found them, `updated` being
+        """The values of `buckets` (flat, one array each) as the step found them, `updated` being
         the buckets it has updated."""
-        ids = [i for b in buckets for i in self.buckets[b]]
-        return [self.spare[i] if self.bucket_of[i] in updated else self.params[i].data for i in ids]
+        return [self.flat[self.side[b] ^ (b in updated)][self.layout.span(b)] for b in buckets]
 
     def roll_back(self, updated: Collection[int]) -> None:
         """Put back the values the step found in the `updated` buckets, and the step count. (Adam's
         moments of those buckets have moved: the job stops then, and its checkpoints hold good ones.)"""
         for b in updated:
-            self._swap(self.buckets[b])
+            self._swap(b)
         self.optimizer.t -= 1
 
-    def _swap(self, ids: list[int]) -> None:
-        for i in ids:
-            p = self.params[i]
-            p.data, self.spare[i] = self.spare[i], p.data
+    def _swap(self, bucket: int) -> None:
+        self.side[bucket] ^= 1
+        for i in self.layout.plan[bucket]:
+            self.params[i].data = self.views[self.side[bucket]][i]

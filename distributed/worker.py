@@ -95,13 +95,14 @@ class Worker:
         if self.data is None:  # this machine's copy, found the usual way: not the server's path
             self.data = load(config.dataset, self.data_dir)
         net = agreement.replica(config, self.data, msg["expect"])
-        self.shapes = [(p.shape, p.dtype) for p in net.parameters]
         self.buckets = buckets.plan(net, config.bucket_cap)
+        self.layout = buckets.Layout.of(net, self.buckets)  # each bucket comes as one flat frame
+        self.dtype = net.parameters[0].dtype
         with self.lock:  # the parameters come with the first PARAMS; nothing is held yet
-            self.current: list[np.ndarray | None] = [None] * len(self.shapes)
+            self.current: list[np.ndarray | None] = [None] * len(net.parameters)
             self.held = [-1] * len(self.buckets)  # the version of each bucket in `current`
         self.shape = input_shape(config.model, self.data)
-        self.job = ShardJob(config.model, config.seed, config.dtype, self.buckets, self.data)
+        self.job = ShardJob(config.model, config.seed, config.dtype, self.layout, self.data)
         # the server leaves --trace out of the config of a worker on another machine (another clock)
         self.trace = process_trace(
             config, f"worker-{self.rank}", worker_pid(self.rank), f"worker {self.rank}"
@@ -126,16 +127,15 @@ class Worker:
         b = msg["bucket"]
         if not 0 <= b < len(self.buckets):
             raise ProtocolError(f"update of bucket {b}; there are {len(self.buckets)}")
-        ids = self.buckets[b]
-        self._check_arrays(msg.arrays, [self.shapes[i] for i in ids], f"bucket {b}")
+        self._check_arrays(msg.arrays, [b], f"bucket {b}")
         with self.lock:
-            self._hold(b, msg["version"], msg.arrays, msg["step"])
+            self._hold(b, msg["version"], msg.arrays[0], msg["step"])
 
-    def _hold(self, b: int, version: int, arrays: Sequence[np.ndarray], step: int) -> None:
-        """Hold these values of bucket b unless it holds newer ones; they are step `step`'s update
-        (the next GRADS reports when they came). Under the lock."""
+    def _hold(self, b: int, version: int, values: np.ndarray, step: int) -> None:
+        """Hold these values of bucket b (flat) unless it holds newer ones; they are step `step`'s
+        update (the next GRADS reports when they came). Under the lock."""
         if version > self.held[b]:
-            for i, a in zip(self.buckets[b], arrays):
+            for i, a in zip(self.buckets[b], self.layout.bucket_views(b, values)):
                 self.current[i] = a  # a read-only view of the received frame, no copy
             self.held[b] = version
             self.taken.setdefault(step, [0.0] * len(self.buckets))[b] = time.monotonic()
@@ -150,18 +150,20 @@ class Worker:
         n = len(self.buckets)
         if not all(type(b) is int and 0 <= b < n for b in carried) or carried != sorted(set(carried)):
             raise ProtocolError(f"carried buckets {carried!r} are not ascending buckets of this net's {n}")
-        ids = [i for b in carried for i in self.buckets[b]]
-        self._check_arrays(msg.arrays, [self.shapes[i] for i in ids], "parameters")
-        given = dict(zip(ids, msg.arrays))
+        self._check_arrays(msg.arrays, carried, "parameters")
+        given = {}
+        for b, values in zip(carried, msg.arrays):
+            given.update(zip(self.buckets[b], self.layout.bucket_views(b, values)))
         with self.lock:
-            for b in carried:  # the last step's update of b, if it is news
-                self._hold(b, version, [given[i] for i in self.buckets[b]], msg["step"] - 1)
+            for b, values in zip(carried, msg.arrays):  # the last step's update of b, if it is news
+                self._hold(b, version, values, msg["step"] - 1)
             if any(h != version for b, h in enumerate(self.held) if b not in carried):
                 raise ProtocolError(f"asked to compute version {version} but holds versions {self.held}")
             return [given.get(i, current) for i, current in enumerate(self.current)]
 
-    @staticmethod
-    def _check_arrays(arrays: Sequence[np.ndarray], shapes: list, what: str) -> None:
+    def _check_arrays(self, arrays: Sequence[np.ndarray], buckets: Sequence[int], what: str) -> None:
+        """`arrays` must be these buckets' values, each flat."""
+        shapes = [((self.layout.length(b),), self.dtype) for b in buckets]
         if len(arrays) != len(shapes) or any((a.shape, a.dtype) != s for a, s in zip(arrays, shapes)):
             raise ProtocolError(f"{what} do not match this worker's net")
 

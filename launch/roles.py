@@ -11,6 +11,7 @@ import sys
 
 from threadpoolctl import threadpool_limits
 
+from numpy_cnn import buckets
 from numpy_cnn.cli import Parser
 from numpy_cnn.data import load
 from numpy_cnn.distributed import agreement, keys, protocol, token
@@ -70,7 +71,8 @@ def server_main(argv: list[str] | None = None) -> int:
     transport = None
     try:
         data = load(config.dataset, config.data_dir)  # before listening: workers then find it cached
-        largest = max(p.data.nbytes for p in build(config.model, dtype=config.dtype, data=data).parameters)
+        net = build(config.model, dtype=config.dtype, data=data)
+        largest = buckets.largest_bytes(net, config.bucket_cap)  # a frame over it drops the peer
         transport = ZmqServerTransport(
             job_keys(args.keys, keys.SERVER),
             args.bind,

@@ -44,8 +44,38 @@ class Optimizer:
         for i, o in zip(indices, out, strict=True):
             self._step(i, self.params[i], o)
 
+    def flatten(self, layout) -> None:
+        """Keep every state buffer and the scratch in one flat vector laid out by `layout`
+        (numpy_cnn.buckets.Layout), each parameter's buffer a view of it, so that `update_span`
+        can update several parameters lying end to end with one pass of each operation."""
+        dtypes = {p.data.dtype for p in self.params}
+        if len(dtypes) != 1 or layout.shapes != [p.shape for p in self.params]:
+            raise ValueError("a flat layout needs parameters of one dtype, in the layout's shapes")
+        (dtype,) = dtypes
+        self.flat_state = {}
+        for name, bufs in self.state.items():
+            flat = self.flat_state[name] = np.empty(layout.size, dtype)
+            views = layout.views(flat)
+            for view, buf in zip(views, bufs):
+                view[...] = buf
+            self.state[name] = views
+        self._flat_buf = np.empty(layout.size, dtype)
+        self._buf = layout.views(self._flat_buf)
+
+    def update_span(self, span: slice, grad: np.ndarray, data: np.ndarray, out: np.ndarray) -> None:
+        """Part of a step, as update_some, on the parameters that `span` of the flat layout holds
+        (after `flatten`): `data` their values end to end, `grad` their gradient; the new values
+        go into `out`. Elementwise, so it has the bits of update_some on each of them."""
+        state = [self.flat_state[name][span] for name in self.state_names]
+        self._rule(grad, data, out, *state, self._flat_buf[span])
+
     def _step(self, i: int, p: Tensor, out: np.ndarray) -> None:
         """Update parameter i from p.grad; write its new value into `out` (p.data: in place)."""
+        self._rule(p.grad, p.data, out, *(self.state[name][i] for name in self.state_names), self._buf[i])
+
+    def _rule(self, g: np.ndarray, x: np.ndarray, out: np.ndarray, *state_and_buf: np.ndarray) -> None:
+        """The update of values x with gradient g into `out`, given the rule's state buffers (in
+        state_names order) and a scratch buffer, all of x's shape."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -77,15 +107,14 @@ class SGD(Optimizer):
         super().__init__(params, lr)
         self.momentum = momentum
 
-    def _step(self, i: int, p: Tensor, out: np.ndarray) -> None:
+    def _rule(self, g: np.ndarray, x: np.ndarray, out: np.ndarray, v: np.ndarray, buf: np.ndarray) -> None:
         if self.momentum:
-            v = self.state["velocity"][i]
             v *= self.momentum
-            v += p.grad
+            v += g
         else:
-            v = p.grad
-        buf = np.multiply(v, self.lr, out=self._buf[i])
-        np.subtract(p.data, buf, out=out)
+            v = g
+        np.multiply(v, self.lr, out=buf)
+        np.subtract(x, buf, out=out)
 
 
 class Adam(Optimizer):
@@ -109,13 +138,14 @@ class Adam(Optimizer):
         super().__init__(params, lr)
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
 
-    def _step(self, i: int, p: Tensor, out: np.ndarray) -> None:
-        m, v, buf = self.state["m"][i], self.state["v"][i], self._buf[i]
+    def _rule(
+        self, g: np.ndarray, x: np.ndarray, out: np.ndarray, m: np.ndarray, v: np.ndarray, buf: np.ndarray
+    ) -> None:
         b1, b2 = self.beta1, self.beta2
         m *= b1
-        m += np.multiply(p.grad, 1 - b1, out=buf)
+        m += np.multiply(g, 1 - b1, out=buf)
         v *= b2
-        np.multiply(p.grad, p.grad, out=buf)
+        np.multiply(g, g, out=buf)
         buf *= 1 - b2
         v += buf
         # p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
@@ -124,4 +154,4 @@ class Adam(Optimizer):
         buf += self.eps
         np.divide(m, buf, out=buf)
         buf *= self.lr / (1 - b1**self.t)
-        np.subtract(p.data, buf, out=out)
+        np.subtract(x, buf, out=out)

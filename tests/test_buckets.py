@@ -3,6 +3,11 @@ of the net."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+import pytest
+
 from numpy_cnn import buckets
 from numpy_cnn.models import build
 
@@ -34,10 +39,6 @@ def test_every_parameter_once_layers_whole_and_the_cap_respected():
 
 
 def test_buckets_auto_streams_only_where_every_local_process_has_a_core():
-    import math
-
-    import pytest
-
     from numpy_cnn.distributed.config import JobConfig, local_buckets
 
     assert local_buckets("auto", 2, cores=2) == ("stream", "")  # one worker and the server
@@ -51,3 +52,24 @@ def test_buckets_auto_streams_only_where_every_local_process_has_a_core():
     assert JobConfig("conv-net", buckets="one").bucket_cap == math.inf
     with pytest.raises(ValueError, match="--buckets must be one of auto, stream, one, got 'some'"):
         JobConfig("conv-net", buckets="some").check()
+
+
+def test_a_layout_lays_each_bucket_out_as_one_span_of_its_parameters_end_to_end():
+    net = build("conv-net", seed=3)
+    plan = buckets.plan(net)
+    layout = buckets.Layout.of(net, plan)
+    assert layout.size == sum(p.data.size for p in net.parameters)
+    assert layout.start == [0, 850 + 10164, 850 + 10164 + 48120, layout.size]  # fc3+fc2, fc1, convs
+    flat = np.concatenate([net.parameters[i].data.ravel() for ids in plan for i in ids])
+    for view, p in zip(layout.views(flat), net.parameters):
+        assert view.shape == p.shape and np.shares_memory(view, flat)
+        assert view.tobytes() == p.data.tobytes()
+    for b, ids in enumerate(plan):
+        alone = flat[layout.span(b)].copy()  # a bucket as it travels
+        assert len(alone) == layout.length(b)
+        for view, i in zip(layout.bucket_views(b, alone), ids):
+            assert np.shares_memory(view, alone) and view.tobytes() == net.parameters[i].data.tobytes()
+    with pytest.raises(ValueError, match="does not hold each of 10 parameters once"):
+        buckets.Layout.of(net, [[0, 1], [1, 2]])
+    assert buckets.largest_bytes(net) == 48120 * 4  # fc1's bucket: the largest frame a job sends
+    assert buckets.largest_bytes(net, math.inf) == layout.size * 4

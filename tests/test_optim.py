@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from numpy_cnn import SGD, Adam, Tensor
+from numpy_cnn.buckets import Layout
 
 
 def make_params(rng, dtype=np.float64):
@@ -136,3 +137,42 @@ def test_a_step_bucket_by_bucket_into_other_arrays_has_the_bits_of_update(make):
                 parts[i].data = s
         for p, q in zip(whole, parts):
             assert p.data.tobytes() == q.data.tobytes()
+
+
+@pytest.mark.parametrize("make", [lambda ps: Adam(ps, lr=1e-2), lambda ps: SGD(ps, lr=0.1, momentum=0.9)])
+def test_a_step_on_flat_buckets_has_the_bits_of_update(make):
+    """The parameter server's way (distributed/updates.py): the parameters end to end in a flat
+    vector, bucket after bucket, the optimizer's state laid out the same way, and one update_span
+    per bucket into the other of two flat buffers."""
+    rng = np.random.default_rng(4)
+    shapes = [(5, 4), (4,), (3, 5), (3,)]
+    layout = Layout(shapes, [[2, 3], [0, 1]])  # the last layer's bucket first
+    whole = [Tensor(rng.standard_normal(s).astype(np.float32)) for s in shapes]
+    a = make(whole)
+    flats = [np.empty(layout.size, np.float32), np.empty(layout.size, np.float32)]
+    for view, p in zip(layout.views(flats[0]), whole):
+        view[...] = p.data
+    b = make([Tensor(p.data.copy()) for p in whole])
+    b.flatten(layout)
+    side = [0, 0]
+    for _ in range(4):
+        grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+        for p, g in zip(whole, grads):
+            p.grad = g
+        a.update()
+        flat_grad = np.empty(layout.size, np.float32)
+        for view, g in zip(layout.views(flat_grad), grads):
+            view[...] = g
+        b.t += 1
+        for bucket in (0, 1):
+            span, s = layout.span(bucket), side[bucket]
+            old = flats[s][span].copy()
+            b.update_span(span, flat_grad[span], flats[s][span], flats[1 - s][span])
+            assert flats[s][span].tobytes() == old.tobytes()  # the old values stay
+            side[bucket] ^= 1
+        for i, p in enumerate(whole):
+            bucket = 0 if i >= 2 else 1
+            assert layout.views(flats[side[bucket]])[i].tobytes() == p.data.tobytes()
+    state = b.state_dict()  # per parameter, as update() keeps it: checkpoints do not change
+    for key, value in a.state_dict().items():
+        assert state[key].tobytes() == value.tobytes()

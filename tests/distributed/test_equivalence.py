@@ -134,8 +134,8 @@ def test_one_bucket_sends_no_updates_and_streamed_buckets_give_the_same_bits(mni
         carried = [n for t, n in workers[0].seen if t == protocol.PARAMS]
         if mode == "one":
             assert len(server.buckets) == 1 and protocol.UPDATE not in kinds
-            assert carried == [10, 10, 10]  # every weight
+            assert carried == [1, 1, 1]  # every weight, in one flat array
         else:  # an UPDATE for each bucket but a step's last, which rides with the next PARAMS
             assert len(server.buckets) == 3 and kinds.count(protocol.UPDATE) == 2 * 3
-            assert carried == [10, 4, 4]  # every weight, then the two convolutions'
+            assert carried == [3, 1, 1]  # every bucket, then the two convolutions' (a flat array each)
     assert runs["one"] == runs["stream"]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import zmq
 
-from numpy_cnn import checkpoint
+from numpy_cnn import buckets, checkpoint
 from numpy_cnn.data import load
 from numpy_cnn.distributed import keys, protocol
 from numpy_cnn.distributed.config import JobConfig
@@ -134,7 +134,7 @@ def test_server_survives_thousands_of_malformed_messages(
 ):
     data = load("mnist", str(mnist_dir))
     config = JobConfig("conv-net", workers=2, max_steps=300, epochs=1, data_dir=str(mnist_dir))
-    largest = max(p.data.nbytes for p in build(config.model).parameters)
+    largest = buckets.largest_bytes(build(config.model), config.bucket_cap)
     transport = server_transport(max_message_bytes=max(largest, protocol.MAX_HEADER_BYTES))
     stop, sent = threading.Event(), [0, 0]
     try:
@@ -220,8 +220,8 @@ def test_duplicated_and_replayed_answers_from_real_workers_are_dropped(mnist_dir
 
 def test_forged_bucket_messages_from_a_registered_worker_are_each_rejected(mnist_dir, caplog):
     """Rank 1 sends, before each real bucket, the same bucket with a wrong step, version, bucket,
-    node, shape, dtype or update times, and after it a duplicate: each is rejected for its reason, and the
-    weights are a clean run's."""
+    node, shape, length, dtype or update times, and after it a duplicate: each is rejected for its
+    reason, and the weights are a clean run's."""
     data = load("mnist", str(mnist_dir))
 
     class Forger(Worker):
@@ -242,7 +242,8 @@ def test_forged_bucket_messages_from_a_registered_worker_are_each_rejected(mnist
                     again({"version": header["version"] - 1}),
                     again({"bucket": 7}),
                     again({"nodes": [[0, 1]], "counts": [16]}),
-                    again(arrays=[a.reshape(-1) for a in arrays]),
+                    again(arrays=[a.reshape(1, -1) for a in arrays]),
+                    again(arrays=[a[:-1] for a in arrays]),
                     again(arrays=[a.astype(np.float64) for a in arrays]),
                     again({"taken": [1.0]}),
                     again({"taken": [-1.0, 0.0, 0.0]}),
@@ -257,14 +258,15 @@ def test_forged_bucket_messages_from_a_registered_worker_are_each_rejected(mnist
     server = ParameterServer(config, LocalTransport([Worker(0, data), Forger(1, data)]), data)
     with caplog.at_level(logging.WARNING, logger="numpy_cnn.distributed.server"):
         server.run()
-    # 9 per bucket of each of 4 steps; the duplicate of the very last may still be queued at the end
-    assert 4 * 3 * 9 - 1 <= server.rejected <= 4 * 3 * 9 and server.lost == 0
+    # 10 per bucket of each of 4 steps; the duplicate of the very last may still be queued at the end
+    assert 4 * 3 * 10 - 1 <= server.rejected <= 4 * 3 * 10 and server.lost == 0
     for reason in (
         "expected step 0 version 0",
         "bucket 7, but there are 3",
         "micro-shard nodes [(0, 1)] is not owed by worker 1",
-        "array 0 is float32 (40000,), expected float32 (400, 100)",
-        "array 0 is float64 (400, 100), expected float32 (400, 100)",
+        "array 0 is float32 (1, 1010), expected float32 (1010,)",  # a bucket travels flat
+        "array 0 is float32 (40099,), expected float32 (40100,)",
+        "array 0 is float64 (314000,), expected float32 (314000,)",
         "(a duplicate, or not its work)",
         "taken [1.0] is not 3 times, one per bucket",
         "taken [-1.0, 0.0, 0.0] is not 3 times, one per bucket",

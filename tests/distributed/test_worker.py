@@ -32,6 +32,11 @@ def welcome(worker: Worker, config: JobConfig) -> None:
     assert ready.type == protocol.READY and ready["rank"] == worker.rank
 
 
+def flat(net, ids):
+    """The values of parameters `ids` of `net`, end to end: a bucket as it travels."""
+    return np.concatenate([net.parameters[i].data.ravel() for i in ids])
+
+
 def params(net, nodes, epoch=1, index=5, step=3, wanted=(0, 1, 2), carried=None, plan=None):
     """A PARAMS job carrying `net`'s values of the buckets `carried` (default: all of `plan`)."""
     plan = buckets.plan(net) if plan is None else plan
@@ -39,7 +44,7 @@ def params(net, nodes, epoch=1, index=5, step=3, wanted=(0, 1, 2), carried=None,
     return protocol.decode(
         protocol.encode(
             protocol.PARAMS,
-            [net.parameters[i].data for b in carried for i in plan[b]],
+            [flat(net, plan[b]) for b in carried],
             step=step,
             version=step,
             epoch=epoch,
@@ -55,7 +60,7 @@ def update(net, bucket, version):
     ids = buckets.plan(net)[bucket]
     frames = protocol.encode(
         protocol.UPDATE,
-        [net.parameters[i].data for i in ids],
+        [flat(net, ids)],
         step=version - 1,
         version=version,
         bucket=bucket,
@@ -83,8 +88,8 @@ def test_grads_are_the_serial_micro_shard_sums(data):
             shard_gradient(replica, CrossEntropyLoss(), x, y, 64)
             leaves[(k, k + 1)] = [p.grad.copy() for p in replica.parameters]
     want = tree_sum((2, 4), leaves, {})
-    for r, ids in zip(replies, buckets.plan(net)):
-        assert [a.tobytes() for a in r.arrays] == [want[i].tobytes() for i in ids]
+    for r, ids in zip(replies, buckets.plan(net)):  # one flat sum per node
+        assert [a.tobytes() for a in r.arrays] == [b"".join(want[i].tobytes() for i in ids)]
     # the job that sends only bucket 2 (a take-over of what a lost worker still owed) sends the same
     with threadpool_limits(1):
         (again,) = map(protocol.decode, worker.handle(params(net, [(2, 4)], wanted=[2])))
@@ -135,10 +140,7 @@ def test_holds_parameters_by_bucket_and_version(data):
 
 def _wrong_bucket(net):
     """Bucket 1's update carrying bucket 0's arrays."""
-    ids = buckets.plan(net)[0]
-    frames = protocol.encode(
-        protocol.UPDATE, [net.parameters[i].data for i in ids], step=4, version=5, bucket=1
-    )
+    frames = protocol.encode(protocol.UPDATE, [flat(net, buckets.plan(net)[0])], step=4, version=5, bucket=1)
     return protocol.decode(frames)
 
 
