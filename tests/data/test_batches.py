@@ -125,3 +125,20 @@ def test_global_batch_is_the_one_batch_everyone_uses():
         np.array_equal(s, labels[global_batch(50, 8, 4, 3, i, 1).indices]) for i, s in enumerate(served)
     )
     assert global_batch(50, 8, 4, 3, 0).shifts is None  # no augmentation, no shifts drawn
+
+
+def test_shift_images_matches_a_plain_copy_of_each_image_for_random_sizes_and_shifts():
+    rng = np.random.default_rng(5)
+    for _ in range(100):
+        n, s = int(rng.integers(0, 9)), int(rng.integers(1, 4))
+        shape = (n, *([int(rng.integers(1, 4))] if rng.integers(2) else []), 7, 9)
+        images = rng.integers(0, 256, shape, dtype=np.uint8)
+        shifts = rng.integers(-s, s + 1, (n, 2))
+        want = np.zeros_like(images)
+        for i, (dy, dx) in enumerate(shifts):  # out[y, x] = image[y + dy, x + dx] where that exists
+            out_y, in_y = slice(max(0, -dy), 7 - max(0, dy)), slice(max(0, dy), 7 - max(0, -dy))
+            out_x, in_x = slice(max(0, -dx), 9 - max(0, dx)), slice(max(0, dx), 9 - max(0, -dx))
+            want[i, ..., out_y, out_x] = images[i, ..., in_y, in_x]
+        got = shift_images(images, shifts, s)
+        assert got.dtype == images.dtype and got.shape == shape
+        np.testing.assert_array_equal(got, want)
