@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import zmq
@@ -27,6 +27,9 @@ from .protocol import Message, ProtocolError
 log = logging.getLogger("numpy_cnn.distributed.worker")
 
 HELLO_INTERVAL_S = 1.0  # a worker not yet welcomed says HELLO again this often
+# how long the compute thread waits on the socket at a time, holding the lock, for its next job:
+# the talking thread's heartbeats wait at most this long for the socket
+FETCH_SLICE_MS = 20
 
 Worker = Any  # distributed.worker.Worker, which imports this module: hello, handle, prepare_next
 
@@ -36,24 +39,30 @@ class ServerSilent(TimeoutError):
 
 
 class ComputeThread:
-    """One daemon thread that runs `worker.handle` on one message at a time.
+    """One daemon thread that runs `worker.handle` on the jobs the talking thread gives it, and,
+    after a gradient job, fetches the next one from the socket itself (Talk.next_job).
 
-    Each bucket's GRADS that a job sends goes out through `send` (Talk.send_from_job: on the
-    socket itself, under the talking thread's lock), at once and without waking the talking
-    thread: on a machine whose cores the workers fill, every wake-up takes a core and the
-    interpreter from a computation. A byte on a pipe wakes the talking thread's poll when a job
-    ends. A daemon, so a computation that hangs never keeps the process from exiting. The pipe is
-    never closed: the thread may still write to it after the talking thread has given up, and the
-    process ends soon after.
+    Each bucket's GRADS that a job sends goes out through Talk.send_from_job: on the socket
+    itself, under the talking thread's lock, at once and without waking the talking thread. After
+    a gradient job the thread makes the next batch (Worker.prepare_next) and takes the next PARAMS
+    off the socket itself, so the parameters reach the computation with no hand-over between
+    threads: on a machine whose cores the workers fill, each wake-up and each pass of the
+    interpreter from one thread to the other sat on the step's critical path. It hands the work
+    back to the talking thread (a result, and a byte on a pipe that wakes its poll) when a job
+    fails, when something other than a job comes, or when the Link changes. A daemon, so a
+    computation that hangs never keeps the process from exiting. The pipe is never closed: the
+    thread may still write to it after the talking thread has given up, and the process ends soon
+    after.
     """
 
-    def __init__(self, worker: Worker, send: Callable[[list], None]) -> None:
-        self.worker, self.send = worker, send
+    def __init__(self, worker: Worker, talk: Talk) -> None:
+        self.worker, self.talk = worker, talk
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         self.jobs: queue.SimpleQueue[Message] = queue.SimpleQueue()
         self.result: tuple[list, BaseException | None] | None = None
-        self.busy = False
+        self.busy = False  # given a job by the talking thread, and not handed back yet
+        self.running = False  # a gradient job is computing right now (Talk's heartbeats)
         threading.Thread(target=self._run, name="compute", daemon=True).start()
 
     def submit(self, msg: Message) -> None:
@@ -68,7 +77,7 @@ class ComputeThread:
             pass
 
     def take(self) -> list:
-        """The finished job's replies; raises what the job raised."""
+        """The replies of the last job handed back; raises what it raised."""
         (replies, error), self.result, self.busy = self.result, None, False
         if error is not None:
             raise error
@@ -76,17 +85,23 @@ class ComputeThread:
 
     def _run(self) -> None:
         while True:
-            msg = self.jobs.get()
+            msg: Message | None = self.jobs.get()
+            replies: list = []
             try:
-                self.result = (self.worker.handle(msg, self.send), None)
+                while msg is not None:
+                    self.running = msg.type == protocol.PARAMS
+                    try:
+                        replies = self.worker.handle(msg, self.talk.send_from_job)
+                    finally:
+                        self.running = False
+                    if msg.type != protocol.PARAMS:
+                        break
+                    self.talk.answered_one()
+                    msg = self.talk.next_job()
+                self.result = (replies, None)
             except BaseException as e:  # handed to the talking thread, which raises it
                 self.result = ([], e)
             os.write(self.wake_w, b".")
-            if self.jobs.empty():
-                try:  # idle until the next parameters arrive: get their batch ready (not longer)
-                    self.worker.prepare_next(until=lambda: not self.jobs.empty())
-                except Exception as e:  # only a head start: the step makes its samples itself
-                    log.warning("worker %d: could not prepare the next batch: %s", self.worker.rank, e)
 
 
 class Link:
@@ -142,13 +157,14 @@ class Talk:
         # itself, so every use of it holds this lock, and the socket is out of the poll while a
         # job computes (run)
         self.lock = threading.Lock()
-        self.compute = ComputeThread(worker, self.send_from_job)
+        self.closing = False
+        self.compute = ComputeThread(worker, self)
         self.poller = zmq.Poller()
         self.poller.register(self.compute.wake_r, zmq.POLLIN)
         self.link: Link | None = None
         self.generation = 0  # one per Link
         self.job_generation = 0  # the Link the compute thread's current job came in on
-        self.computing = False  # the current job is a gradient (not the setup)
+        self.computing = False  # the compute thread runs gradient jobs (and fetches the next ones)
         self.rejoining = False  # a server welcomed this worker, then went away
         self.may_rejoin = False  # the job's server can come back (from the welcome's config)
         self.linger = 0.0  # seconds the last message may take to leave when the socket closes
@@ -198,7 +214,60 @@ class Talk:
         except zmq.Again:
             raise ConnectionError(f"cannot send to the server at {self.endpoint}: nothing leaves") from None
 
+    def answered_one(self) -> None:
+        """On the compute thread: a gradient job has sent everything (the heartbeats say so)."""
+        with self.lock:
+            if self.job_generation == self.generation:
+                self.answered += 1
+
+    def next_job(self) -> Message | None:
+        """On the compute thread, after a gradient job: make the next batch, taking what arrives
+        meanwhile, and return the next PARAMS as soon as it is here (without waking the talking
+        thread, which leaves the socket alone while the compute thread holds it); None hands the
+        socket back: something else came, the server stopped this worker, or the Link changed."""
+        generation, found = self.job_generation, []
+
+        def look(timeout_ms: int) -> bool:
+            """Whether the wait is over: a job, or a reason to hand back, in `found`."""
+            with self.lock:
+                try:  # everything that has come (UPDATEs before the job), waiting for the first
+                    while not self.todo and self._current(generation) and self.link.socket.poll(timeout_ms):
+                        self._take()  # a job goes to todo; the rest is dealt with there
+                        timeout_ms = 0
+                except zmq.ZMQError:  # the socket was closed under us: the worker is ending
+                    found.append(None)
+                    return True
+                if not self._current(generation) or self.worker.stopped:
+                    found.append(None)
+                elif self.todo:
+                    job = self.todo.popleft() if self.todo[0].type == protocol.PARAMS else None
+                    found.append(job)  # a WELCOME is the talking thread's
+                return bool(found)
+
+        failed: list[BaseException] = []
+
+        def until() -> bool:  # asked between the shards it prepares
+            try:
+                return look(0)
+            except BaseException as e:  # raised below, not taken for a failure to prepare
+                failed.append(e)
+                return True
+
+        try:  # only a head start: the job makes what is not ready itself
+            self.worker.prepare_next(until=until)
+        except Exception as e:
+            log.warning("worker %d: could not prepare the next batch: %s", self.worker.rank, e)
+        if failed:
+            raise failed[0]
+        while not found:
+            look(FETCH_SLICE_MS)
+        return found[0]
+
+    def _current(self, generation: int) -> bool:
+        return self.generation == generation and not self.closing
+
     def close(self) -> None:
+        self.closing = True  # the compute thread lets go of the socket within FETCH_SLICE_MS
         with self.lock:
             self.link.close(self.linger)
         self.context.term()
@@ -228,14 +297,14 @@ class Talk:
                     self.send(protocol.encode(protocol.REFUSE, rank=worker.rank, reason=str(e)))
                     self.linger = 1.0
                     raise
-                if self.job_generation == self.generation:
+                if self.job_generation == self.generation:  # the setup's READY
                     for frames in replies:
                         self.send(frames)
-                    self.answered += self.computing
-            # While a job computes, the socket is out of the poll (the compute thread sends on it)
-            # and is read only when this thread wakes anyway (a heartbeat due): every wake-up
-            # takes the interpreter from the computation, and the UPDATEs that arrive meanwhile
-            # are needed only by the next job.
+            # While the compute thread runs gradient jobs, the socket is out of the poll: the
+            # compute thread sends on it, and takes its next job off it (next_job). This thread
+            # reads it only when it wakes anyway (a heartbeat due): every wake-up takes the
+            # interpreter from the computation, and a computation that hangs must not keep a STOP
+            # from being read.
             job = self.todo[0] if not compute.busy and self.todo else None
             quiet = (compute.busy and self.computing) or (job is not None and job.type == protocol.PARAMS)
             if quiet == self.listening:
@@ -256,7 +325,7 @@ class Talk:
             if now >= self.beat_due:
                 if not self.welcomed:
                     self.send(worker.hello())  # again and again: the rank may not be free yet
-                elif not (compute.busy and self.computing and worker.progress == self.beat_progress):
+                elif not (compute.running and worker.progress == self.beat_progress):
                     self.send(protocol.encode(protocol.HEARTBEAT, rank=worker.rank, answered=self.answered))
                 self.beat_progress, self.beat_due = worker.progress, now + self.interval
             if now - self.heard > self.timeout:
@@ -291,7 +360,12 @@ class Talk:
 
     def _receive(self) -> None:
         with self.lock:
-            frames = self.link.socket.recv_multipart(copy=False)
+            self._take()
+
+    def _take(self) -> None:
+        """Receive one message and act on it, the lock held (either thread): a job (WELCOME,
+        PARAMS) goes to `todo`, what needs no computing is handled at once."""
+        frames = self.link.socket.recv_multipart(copy=False)
         self.heard = time.monotonic()
         try:
             msg = protocol.decode(frames)

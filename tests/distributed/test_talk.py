@@ -23,3 +23,76 @@ def test_a_link_lost_while_a_job_computes_is_replaced(tmp_path):
         assert old.socket not in registered and old.monitor not in registered
     finally:
         talk.close()
+
+
+def test_the_compute_thread_takes_its_next_job_off_the_socket_itself(tmp_path, mnist_dir):
+    """After a gradient job the compute thread makes the next batch and takes the next PARAMS off
+    the socket itself (Talk.next_job), without the talking thread; every job is still answered,
+    counted in the heartbeats, and a STOP that comes while it waits ends the worker."""
+    import threading
+
+    import numpy as np
+    import zmq
+
+    from numpy_cnn.distributed import agreement, protocol
+    from numpy_cnn.distributed.config import JobConfig
+    from numpy_cnn.models import build
+
+    class Recording(Talk):
+        def _take(self):
+            before = len(self.todo)
+            super()._take()
+            if len(self.todo) > before and self.todo[-1].type == protocol.PARAMS:
+                taken_on.append(threading.current_thread().name)
+
+    taken_on: list[str] = []
+    config = JobConfig("fc-net", workers=1, shards=2, buckets="one", timeout=5.0, data_dir=str(mnist_dir))
+    net = build("fc-net", seed=config.seed)
+    weights = np.concatenate([p.data.ravel() for p in net.parameters])  # one bucket, flat
+    context = zmq.Context()
+    server = context.socket(zmq.ROUTER)
+    server.setsockopt(zmq.LINGER, 0)
+    server.bind(f"ipc://{tmp_path}/server")
+    talk = Recording(Worker(0), f"ipc://{tmp_path}/server", keys=None, join_timeout=10.0)
+    thread = threading.Thread(target=talk.run, name="talk", daemon=True)
+    thread.start()
+
+    def next_of(kind: str) -> tuple[bytes, protocol.Message]:
+        for _ in range(100):  # heartbeats may come between
+            assert server.poll(10_000), f"no {kind} from the worker"
+            peer, *frames = server.recv_multipart()
+            msg = protocol.decode(frames)
+            if msg.type == kind:
+                return peer, msg
+        raise AssertionError(f"no {kind} among 100 messages")
+
+    try:
+        peer, _ = next_of(protocol.HELLO)
+        expect = agreement.identity(net, config.dataset)
+        welcome = protocol.encode(protocol.WELCOME, rank=0, config=config.to_dict(), expect=expect)
+        server.send_multipart([peer, *welcome])
+        next_of(protocol.READY)
+        jobs = 6
+        for step in range(jobs):
+            frames = protocol.encode(
+                protocol.PARAMS, [weights], step=step, version=step, epoch=0, index=step,
+                nodes=[[0, 2]], buckets=[0], carried=[0],
+            )  # fmt: skip
+            server.send_multipart([peer, *frames], copy=False)
+            _, grads = next_of(protocol.GRADS)
+            assert grads["step"] == step
+        for _ in range(50):  # the next heartbeat says every job was answered
+            _, beat = next_of(protocol.HEARTBEAT)
+            if beat["answered"] == jobs:
+                break
+        else:
+            raise AssertionError("the heartbeats never said every job was answered")
+        assert taken_on[0] == "talk"  # the first job comes to the talking thread
+        assert taken_on[1:].count("compute") >= jobs - 2, taken_on  # a heartbeat's wake may take one
+        server.send_multipart([peer, *protocol.encode(protocol.STOP, reason="test over")])
+        thread.join(timeout=5.0)
+        assert not thread.is_alive() and talk.worker.stop_reason == "test over"
+    finally:
+        talk.close()
+        server.close(linger=0)
+        context.term()
