@@ -30,14 +30,24 @@ Emit = Callable[[int, list[np.ndarray], float], None]
 class ShardJob:
     """The replicas and gradient buffers of one worker's micro-shards, kept from job to job."""
 
-    def __init__(self, model: str, seed: int, dtype: str, layout: Layout, data=None) -> None:
+    def __init__(
+        self, model: str, seed: int, dtype: str, layout: Layout, data=None, area: dict | None = None
+    ) -> None:
+        """`area`: tree node -> where its gradient (flat) must lie, in the gradient file shared
+        with the server (distributed/memory.py): each shard's gradient and each node's sum are
+        then written there, where the server reads them."""
         self.model, self.seed, self.dtype = model, seed, dtype
         self.data = data  # your own model is built for the data's sample shape and classes
         self.layout = layout
+        self.area = area
         self.replicas: dict[int, Net] = {}  # micro-shard -> its replica (made on first use)
         # micro-shard -> its gradient, flat (Layout): backward writes straight into views of it
         self.leaf_grads: dict[int, np.ndarray] = {}
         self.scratch: list[dict] = [{} for _ in layout.plan]  # the tree's inner sums, per bucket
+        if area is not None:  # an inner node's sums go straight to its place in the file
+            for b in range(len(layout.plan)):
+                span = layout.span(b)
+                self.scratch[b] = {node: [flat[span]] for node, flat in area.items() if node[1] - node[0] > 1}
         self.loss = CrossEntropyLoss()
         self.lowest: list[int] | None = None
 
@@ -45,7 +55,10 @@ class ShardJob:
         net = self.replicas.get(k)
         if net is None:
             net = self.replicas[k] = build(self.model, seed=self.seed, dtype=self.dtype, data=self.data)
-            flat = self.leaf_grads[k] = np.zeros(self.layout.size, net.parameters[0].dtype)
+            if self.area is None:
+                flat = self.leaf_grads[k] = np.zeros(self.layout.size, net.parameters[0].dtype)
+            else:
+                flat = self.leaf_grads[k] = self.area[(k, k + 1)]
             for p, g in zip(net.parameters, self.layout.views(flat)):
                 p.grad = g
             if self.lowest is None:

@@ -15,8 +15,10 @@ from typing import Any
 import msgpack
 import numpy as np
 
-VERSION = 7  # 3: WELCOME carries what workers must agree with; REFUSE. 4: buckets, UPDATE. 5: GRADS.taken
-# 6: PARAMS.carried. 7: a bucket's parameters or gradient sums travel as one flat array
+VERSION = 8  # 3: WELCOME carries what workers must agree with; REFUSE. 4: buckets, UPDATE. 5: GRADS.taken
+# 6: PARAMS.carried. 7: a bucket's parameters or gradient sums travel as one flat array. 8: shared
+# memory with the workers on the server's machine (WELCOME.memory, PARAMS.sides, UPDATE.side,
+# GRADS.shared)
 HEARTBEATS_PER_TIMEOUT = 5  # a peer silent for a whole --timeout has missed this many heartbeats
 
 HELLO = "hello"  # worker -> server: rank, pid, boot (the machine's boot id: is its clock ours?)
@@ -33,7 +35,9 @@ FINISHED = "training finished"  # the STOP reason of a job that ended well; any 
 # each message type's fields and their types; every field is required, no other is allowed
 SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     HELLO: {"rank": int, "pid": int, "boot": str},
-    WELCOME: {"rank": int, "config": dict, "expect": dict},
+    # memory: {"params": path, "grads": path} of the files a worker on the server's machine maps
+    # (distributed/memory.py), or {} for a worker that gets the arrays in the messages
+    WELCOME: {"rank": int, "config": dict, "expect": dict, "memory": dict},
     REFUSE: {"rank": int, "reason": str},
     READY: {"rank": int},
     PARAMS: {
@@ -47,8 +51,13 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
         # numpy_cnn.buckets.Layout); the job uses the ones the worker holds for the others,
         # which must be of `version`
         "carried": list,
+        # for a worker that maps the server's parameters: which of the two buffers holds each
+        # carried bucket's values, and no arrays; else []
+        "sides": list,
     },
-    UPDATE: {"step": int, "version": int, "bucket": int},  # version: the new one; its flat array
+    # version: the new one; its flat array, or for a worker that maps the parameters, the buffer
+    # that holds it (side; else -1)
+    UPDATE: {"step": int, "version": int, "bucket": int, "side": int},
     GRADS: {
         "step": int,
         "version": int,
@@ -63,6 +72,9 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
         # when the worker took each bucket's UPDATE of the step before, on the same clock (0.0:
         # it did not: it got that step's parameters otherwise, or there was none)
         "taken": list,
+        # the sums are in the worker's gradient file (WELCOME.memory), at each node's slot,
+        # instead of in arrays
+        "shared": bool,
     },
     HEARTBEAT: {"rank": int, "answered": int},  # answered: PARAMS the worker has sent every bucket of
     STOP: {"reason": str},

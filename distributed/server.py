@@ -27,9 +27,10 @@ from . import agreement, epochs, protocol
 from .config import JobConfig
 from .ledger import Owed, StepLedger
 from .members import DEBUGGER_HINT, Member, WorkerLost
+from .memory import ServerFiles
 from .protocol import HEARTBEATS_PER_TIMEOUT, Message, ProtocolError
-from .ranks import plan, share
-from .stats import EpochStats, boot_id
+from .ranks import parse_nodes, plan, share
+from .stats import EpochStats, boot_id, taken_after
 from .transport import Transport
 from .updates import BucketUpdates
 
@@ -62,7 +63,9 @@ class ParameterServer:
         # every worker derives the same plan from its net and this config (sent in WELCOME)
         self.buckets = buckets.plan(self.net, config.bucket_cap)
         self.layout = buckets.Layout.of(self.net, self.buckets)  # a bucket: one flat span, one frame
-        self.updates = BucketUpdates(self.optimizer, self.layout)
+        # the parameters in a file the workers on this machine map (memory.py), where there are any
+        self.files = ServerFiles(transport, self.layout, config.shards, self.params[0].dtype)
+        self.updates = BucketUpdates(self.optimizer, self.layout, self.files.buffers)
         self.update_s = 0.0  # this step's time in summing, Adam and sending updates
         self.sent_at = [0.0] * len(self.buckets)  # when each bucket's update went out, this step
         self.last_start: tuple[int, float] | None = None  # the step before this one, and its start
@@ -142,6 +145,7 @@ class ParameterServer:
             self._lose(rank, f"refused the job: {msg['reason'][:500]}")
         elif not self.members[rank].ready:
             self.members[rank].ready = True
+            self.files.mapped(rank)
             self.members[rank].held = [-1] * len(self.buckets)
             self.stalled_since = None
             log.info("server: worker %d is ready", rank)
@@ -220,13 +224,17 @@ class ParameterServer:
             config = self.config.to_dict()
             if not (self.boot and msg["boot"] == self.boot):  # another machine: not on the trace's clock
                 config.update(trace=None, trace_steps=None)
-            welcome = protocol.encode(protocol.WELCOME, rank=rank, config=config, expect=self.identity)
+            memory = self.files.offer(rank, peer)  # shared memory, for a worker on this machine
+            welcome = protocol.encode(
+                protocol.WELCOME, rank=rank, config=config, expect=self.identity, memory=memory
+            )
             self._send(rank, welcome)
 
     def _lose(self, rank: int, why: str, hint: str = "") -> None:
         """Drop worker `rank`; its unfinished nodes go to the live workers (or the job stops)."""
         member = self.members.pop(rank)
         del self.ranks[member.peer]
+        self.files.drop(rank)
         self.lost += 1
         try:  # if it is only stuck, tell it to go, so it never comes back as a stale peer
             self.transport.send(member.peer, protocol.encode(protocol.STOP, reason=f"dropped: {why}"))
@@ -274,9 +282,13 @@ class ParameterServer:
         """Ask `rank` for these buckets of these nodes, with the values of this step's version of
         the `carried` buckets (the old values of those already updated this step)."""
         epoch, index = self.batch
+        member = self.members.get(rank)
+        updated = self.ledger.updated
+        shared = rank in self.files.grads  # it maps the parameters: no arrays
         frames = protocol.encode(
             protocol.PARAMS,
-            self.updates.before(self.ledger.updated, carried),
+            [] if shared else self.updates.before(updated, carried),
+            sides=self.updates.sides(updated, carried) if shared else [],
             step=self.step,
             version=self.version,
             epoch=epoch,
@@ -285,7 +297,6 @@ class ParameterServer:
             buckets=list(group),
             carried=list(carried),
         )
-        member = self.members.get(rank)
         if member is not None:
             member.asked += 1
             for b in carried:  # the worker keeps what it held newer (Worker._weights): so does its record
@@ -320,6 +331,15 @@ class ParameterServer:
                 f"step {msg['step']} version {msg['version']}, "
                 f"expected step {self.step} version {self.version}"
             )
+        if msg["shared"]:  # the sums are in its gradient file: read them where they lie
+            if rank not in self.files.grads or msg.arrays:
+                return "shared gradients from a worker that has no gradient file, or with arrays too"
+            try:
+                msg.arrays = self.files.sums(
+                    rank, msg["bucket"], parse_nodes(msg["nodes"], self.config.shards)
+                )
+            except ValueError as e:
+                return str(e)
         reason = self.ledger.check(rank, msg)
         if reason is not None:
             return reason
@@ -405,9 +425,13 @@ class ParameterServer:
         # message fewer between a step's last gradient and the next step's forward pass)
         if not self.ledger.finished:
             version = self.version + 1
-            frames = protocol.encode(protocol.UPDATE, [new], step=self.step, version=version, bucket=bucket)
+            fields = dict(step=self.step, version=version, bucket=bucket)
+            frames = {  # with the values, or naming the buffer that holds them
+                False: protocol.encode(protocol.UPDATE, [new], side=-1, **fields),
+                True: protocol.encode(protocol.UPDATE, side=self.updates.side[bucket], **fields),
+            }
             for rank in self.ready_ranks():
-                if self._send(rank, frames) and rank in self.members:
+                if self._send(rank, frames[rank in self.files.grads]) and rank in self.members:
                     self.members[rank].held[bucket] = version
         self.sent_at[bucket] = time.monotonic()
         self.update_s += time.perf_counter() - began
@@ -423,13 +447,3 @@ class ParameterServer:
         """Register the workers and train for the configured epochs; returns one record per epoch
         (the run around the steps, its records, trace and end, is in epochs.py)."""
         return epochs.run(self)
-
-
-def taken_after(answers: list[Message], before: tuple[int, float] | None, step: int) -> list[float] | None:
-    """Per bucket, seconds after the start of the step before `step` when the last of the workers
-    that answered `step` took that step's update (in an UPDATE, or in the next PARAMS); None when
-    unknown (a fresh start, or a worker that joined since)."""
-    if before is None or before[0] != step - 1 or not answers:
-        return None
-    last = [max(column) for column in zip(*(m["taken"] for m in answers))]
-    return [t - before[1] for t in last] if min(map(min, (m["taken"] for m in answers))) > 0.0 else None

@@ -144,3 +144,13 @@ def boot_id() -> str:
             return f.read().strip()
     except OSError:
         return ""  # unknown: never taken for the server's
+
+
+def taken_after(answers: list, before: tuple[int, float] | None, step: int) -> list[float] | None:
+    """Per bucket, seconds after the start of the step before `step` when the last of the workers
+    that answered `step` took that step's update (in an UPDATE, or in the next PARAMS); None when
+    unknown (a fresh start, or a worker that joined since)."""
+    if before is None or before[0] != step - 1 or not answers:
+        return None
+    last = [max(column) for column in zip(*(m["taken"] for m in answers))]
+    return [t - before[1] for t in last] if min(map(min, (m["taken"] for m in answers))) > 0.0 else None

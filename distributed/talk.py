@@ -152,6 +152,8 @@ class Talk:
 
     def __init__(self, worker: Worker, endpoint: str, keys: Keys, join_timeout: float) -> None:
         self.worker, self.endpoint, self.keys, self.join_timeout = worker, endpoint, keys, join_timeout
+        if endpoint.startswith("ipc://"):  # the server's private folder: its shared memory is there
+            worker.folder = os.path.dirname(endpoint.removeprefix("ipc://"))
         self.context = zmq.Context()
         # ZeroMQ sockets are not thread-safe: the compute thread sends a job's GRADS on the socket
         # itself, so every use of it holds this lock, and the socket is out of the poll while a

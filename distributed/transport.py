@@ -13,8 +13,9 @@ from typing import Any, Protocol
 
 import zmq
 
-from . import protocol
+from . import memory, protocol
 from .keys import Keys, allow_only
+from .memory import SharedFile
 from .protocol import Message
 
 CURVE_OVERHEAD = 64  # bytes CURVE adds to a frame: flags, nonce, MAC (33 in libzmq 4.3), rounded up
@@ -33,6 +34,12 @@ class Transport(Protocol):
 
     def recv(self, timeout: float) -> tuple[bytes, list] | None:
         """The next (peer, frames), or None after `timeout` seconds."""
+
+    def local(self, peer: bytes) -> bool:
+        """Whether `peer` is on this machine and can map the files `share` makes."""
+
+    def share(self, prefix: str, nbytes: int) -> SharedFile | None:
+        """A new shared file for the local peers (memory.py); None where there are none."""
 
     def close(self, linger: float = 0.0) -> None:
         """Let queued messages out for up to `linger` seconds, then release everything."""
@@ -59,7 +66,8 @@ class ZmqServerTransport:
     job's worker key: a peer without it never completes the handshake, so nothing it sends
     arrives. With `ipc_dir`, a second ROUTER listens on a Unix socket in that folder, which must
     be private to this user (mode 0700): only this user's processes on this machine can reach
-    it, the same trust as the key files, so workers started here skip the encryption.
+    it, the same trust as the key files, so workers started here skip the encryption. The files
+    that the server shares with them (`share`, memory.py) lie in the same folder.
     """
 
     parallel = True  # workers compute at the same time
@@ -77,6 +85,8 @@ class ZmqServerTransport:
         self.auth = allow_only(self.context, keys.peer_public)
         self.sockets: list[zmq.Socket] = []
         self.local_endpoint = ""
+        self.ipc_dir = ipc_dir
+        self.shared: list[SharedFile] = []  # removed at close
         try:
             tcp = self._router(max_message_bytes + CURVE_OVERHEAD if max_message_bytes >= 0 else -1)
             # larger frames drop the peer; the limit applies to the encrypted frame, a little longer
@@ -136,16 +146,41 @@ class ZmqServerTransport:
                 return bytes([index]) + peer.bytes, frames
         return None
 
+    def local(self, peer: bytes) -> bool:
+        # the Unix socket, when there is one, is the last socket: a peer starts with its index
+        return bool(self.local_endpoint) and peer[0] == len(self.sockets) - 1
+
+    def share(self, prefix: str, nbytes: int) -> SharedFile | None:
+        if not self.local_endpoint:
+            return None
+        shared = memory.create(self.ipc_dir, prefix, nbytes)
+        self.shared.append(shared)
+        return shared
+
     @property
     def closed(self) -> bool:
         return all(socket.closed for socket in self.sockets)
 
     def close(self, linger: float = 0.0) -> None:
-        """Close the sockets; messages still queued are sent for up to `linger` seconds."""
+        """Close the sockets (messages still queued are sent for up to `linger` seconds) and
+        remove the shared files."""
         for socket in self.sockets:
             socket.close(linger=int(linger * 1000))
         self.auth.stop()
         self.context.term()
+        self.remove_files()
+
+    def remove_files(self, folder: bool = False) -> None:
+        """Remove the shared files (whoever maps one keeps it until it lets go); with `folder`,
+        the Unix socket and its folder too, left to nobody when the launcher that made it is gone."""
+        for shared in self.shared:
+            shared.unlink()
+        if folder and self.ipc_dir is not None:  # the socket, then the folder if nothing else is in it
+            for remove, path in ((os.unlink, os.path.join(self.ipc_dir, "server")), (os.rmdir, self.ipc_dir)):
+                try:
+                    remove(path)
+                except OSError:
+                    pass
 
 
 class LocalTransport:
@@ -181,6 +216,12 @@ class LocalTransport:
     def recv(self, timeout: float) -> tuple[bytes, list] | None:
         # nothing queued means nothing will come: there is nobody else to send it
         return self.inbox.popleft() if self.inbox else None
+
+    def local(self, peer: bytes) -> bool:
+        return False  # frames are copied, as a socket to another machine would
+
+    def share(self, prefix: str, nbytes: int) -> SharedFile | None:
+        return None
 
     def close(self, linger: float = 0.0) -> None:
         self.inbox.clear()

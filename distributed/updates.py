@@ -22,10 +22,13 @@ class BucketUpdates:
     """The optimizer, two flat buffers of its parameters, and which of them holds each bucket's
     current values (the parameters' .data are views of it)."""
 
-    def __init__(self, optimizer: Optimizer, layout: Layout) -> None:
+    def __init__(self, optimizer: Optimizer, layout: Layout, buffers: np.ndarray | None = None) -> None:
+        """`buffers`: the two flat buffers, (2, layout.size), where they must lie (a file the
+        workers on this machine map, memory.py); else new arrays."""
         self.optimizer, self.params, self.layout = optimizer, optimizer.params, layout
-        dtype = self.params[0].data.dtype
-        self.flat = [np.empty(layout.size, dtype), np.empty(layout.size, dtype)]
+        if buffers is None:
+            buffers = np.empty((2, layout.size), self.params[0].data.dtype)
+        self.flat = [buffers[0], buffers[1]]
         self.views = [layout.views(flat) for flat in self.flat]
         for p, view in zip(self.params, self.views[0]):
             view[...] = p.data
@@ -50,7 +53,13 @@ class BucketUpdates:
     def before(self, updated: Collection[int], buckets: Sequence[int]) -> list[np.ndarray]:
         """The values of `buckets` (flat, one array each) as the step found them, `updated` being
         the buckets it has updated."""
-        return [self.flat[self.side[b] ^ (b in updated)][self.layout.span(b)] for b in buckets]
+        return [
+            self.flat[side][self.layout.span(b)] for b, side in zip(buckets, self.sides(updated, buckets))
+        ]
+
+    def sides(self, updated: Collection[int], buckets: Sequence[int]) -> list[int]:
+        """Which buffer holds each of `buckets` as the step found it (see before)."""
+        return [self.side[b] ^ (b in updated) for b in buckets]
 
     def roll_back(self, updated: Collection[int]) -> None:
         """Put back the values the step found in the `updated` buckets, and the step count. (Adam's

@@ -19,12 +19,13 @@ import numpy as np
 from numpy_cnn import buckets
 from numpy_cnn.data import MNIST, global_batch, load, steps_per_epoch
 from numpy_cnn.models import input_shape
-from numpy_cnn.shards import leaves_of, shard_bounds
+from numpy_cnn.shards import leaves_of, shard_bounds, tree_nodes
 from numpy_cnn.trace import OFF
 
 from . import agreement, protocol
 from .compute import ShardJob
 from .config import JobConfig
+from .memory import open_file
 from .protocol import Message, ProtocolError
 from .ranks import parse_nodes, worker_shards
 from .stats import boot_id
@@ -45,6 +46,8 @@ class Worker:
         self.rank = rank
         self.data = data
         self.data_dir = data_dir  # where this machine keeps the data (None: NUMPY_CNN_DATA, the cache)
+        self.folder: str | None = None  # the server's private folder, reached through ipc:// (talk.py)
+        self.shared: np.ndarray | None = None  # the server's parameters, both buffers, where mapped
         self.config: JobConfig | None = None
         self.stopped = False
         self.stop_reason = ""
@@ -98,11 +101,12 @@ class Worker:
         self.buckets = buckets.plan(net, config.bucket_cap)
         self.layout = buckets.Layout.of(net, self.buckets)  # each bucket comes as one flat frame
         self.dtype = net.parameters[0].dtype
+        area = self._map(msg["memory"], config.shards)
         with self.lock:  # the parameters come with the first PARAMS; nothing is held yet
             self.current: list[np.ndarray | None] = [None] * len(net.parameters)
             self.held = [-1] * len(self.buckets)  # the version of each bucket in `current`
         self.shape = input_shape(config.model, self.data)
-        self.job = ShardJob(config.model, config.seed, config.dtype, self.layout, self.data)
+        self.job = ShardJob(config.model, config.seed, config.dtype, self.layout, self.data, area)
         # the server leaves --trace out of the config of a worker on another machine (another clock)
         self.trace = process_trace(
             config, f"worker-{self.rank}", worker_pid(self.rank), f"worker {self.rank}"
@@ -120,6 +124,24 @@ class Worker:
             os.getpid(),
         )
 
+    def _map(self, memory: dict, shards: int) -> dict | None:
+        """Map the server's parameters and this worker's gradient file, if WELCOME offers them
+        (memory.py); returns where each tree node's gradient lies in the file."""
+        self.shared = None
+        if not memory:
+            return None
+        if self.folder is None or set(memory) != {"params", "grads"}:
+            raise ProtocolError(f"shared memory {memory!r} offered to a worker that cannot map it")
+        size, itemsize = self.layout.size, self.dtype.itemsize
+        nodes = tree_nodes(shards)  # a slot each, in this order (the server's too)
+        try:
+            params = open_file(memory["params"], self.folder, 2 * size * itemsize, writable=False)
+            grads = open_file(memory["grads"], self.folder, len(nodes) * size * itemsize, writable=True)
+        except (OSError, TypeError, ValueError) as e:
+            raise ProtocolError(f"cannot map the server's shared memory: {e}") from None
+        self.shared = params.array(self.dtype, (2, size))
+        return dict(zip(nodes, grads.array(self.dtype, (len(nodes), size))))
+
     def _update(self, msg: Message) -> None:
         """A bucket's new values: held from now on (the job in progress keeps the ones it took)."""
         if self.config is None:
@@ -127,9 +149,9 @@ class Worker:
         b = msg["bucket"]
         if not 0 <= b < len(self.buckets):
             raise ProtocolError(f"update of bucket {b}; there are {len(self.buckets)}")
-        self._check_arrays(msg.arrays, [b], f"bucket {b}")
+        values = self._values([b], msg.arrays, [msg["side"]] if msg["side"] != -1 else [], f"bucket {b}")
         with self.lock:
-            self._hold(b, msg["version"], msg.arrays[0], msg["step"])
+            self._hold(b, msg["version"], values[0], msg["step"])
 
     def _hold(self, b: int, version: int, values: np.ndarray, step: int) -> None:
         """Hold these values of bucket b (flat) unless it holds newer ones; they are step `step`'s
@@ -150,22 +172,30 @@ class Worker:
         n = len(self.buckets)
         if not all(type(b) is int and 0 <= b < n for b in carried) or carried != sorted(set(carried)):
             raise ProtocolError(f"carried buckets {carried!r} are not ascending buckets of this net's {n}")
-        self._check_arrays(msg.arrays, carried, "parameters")
+        carried_values = self._values(carried, msg.arrays, msg["sides"], "parameters")
         given = {}
-        for b, values in zip(carried, msg.arrays):
+        for b, values in zip(carried, carried_values):
             given.update(zip(self.buckets[b], self.layout.bucket_views(b, values)))
         with self.lock:
-            for b, values in zip(carried, msg.arrays):  # the last step's update of b, if it is news
+            for b, values in zip(carried, carried_values):  # the last step's update of b, if it is news
                 self._hold(b, version, values, msg["step"] - 1)
             if any(h != version for b, h in enumerate(self.held) if b not in carried):
                 raise ProtocolError(f"asked to compute version {version} but holds versions {self.held}")
             return [given.get(i, current) for i, current in enumerate(self.current)]
 
-    def _check_arrays(self, arrays: Sequence[np.ndarray], buckets: Sequence[int], what: str) -> None:
-        """`arrays` must be these buckets' values, each flat."""
+    def _values(
+        self, buckets: Sequence[int], arrays: Sequence[np.ndarray], sides: Sequence[int], what: str
+    ) -> list[np.ndarray]:
+        """These buckets' values, flat: the arrays a message carries, or, for a worker that maps
+        the server's parameters, views of the buffers (`sides`) that hold them."""
+        if sides:
+            if self.shared is None or arrays or len(sides) != len(buckets) or not set(sides) <= {0, 1}:
+                raise ProtocolError(f"{what}: buffers {sides!r} of shared parameters this worker cannot read")
+            return [self.shared[side][self.layout.span(b)] for b, side in zip(buckets, sides)]
         shapes = [((self.layout.length(b),), self.dtype) for b in buckets]
         if len(arrays) != len(shapes) or any((a.shape, a.dtype) != s for a, s in zip(arrays, shapes)):
             raise ProtocolError(f"{what} do not match this worker's net")
+        return list(arrays)
 
     def prepare_next(self, until: Callable[[], bool] = lambda: False) -> None:
         """While the gradients travel and the server runs Adam, make the samples of the next
@@ -259,8 +289,15 @@ class Worker:
             taken=taken,
         )
 
+        shared = self.job.area is not None  # the sums are written in the gradient file, at their nodes
+
         def emit(bucket: int, arrays: list[np.ndarray], seconds: float) -> None:
-            send(protocol.encode(protocol.GRADS, arrays, bucket=bucket, compute_s=seconds, **fields))
+            arrays = [] if shared else arrays
+            send(
+                protocol.encode(
+                    protocol.GRADS, arrays, bucket=bucket, compute_s=seconds, shared=shared, **fields
+                )
+            )
             trace.instant("bucket sent", always=False, bucket=bucket)
 
         k, grad = last  # its backward pass sends each bucket as soon as it is final

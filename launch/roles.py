@@ -60,8 +60,9 @@ def server_main(argv: list[str] | None = None) -> int:
         config = JobConfig.from_dict(json.loads(args.config))
     except (ValueError, TypeError) as e:
         parser.error(f"--config: {e}")
+    made: list[ZmqServerTransport] = []  # its shared files go when the launcher does (memory.py)
     if args.watch_stdin:
-        exit_when_stdin_closes("server")
+        exit_when_stdin_closes("server", lambda: [transport.remove_files(folder=True) for transport in made])
     events_file = os.fdopen(args.events_fd, "w", buffering=1) if args.events_fd is not None else None
 
     def events(event: dict) -> None:
@@ -80,6 +81,7 @@ def server_main(argv: list[str] | None = None) -> int:
             io_threads=min(config.workers, os.cpu_count() or 1, 4),
             ipc_dir=args.ipc_dir,
         )
+        made.append(transport)
         server = ParameterServer(config, transport, data, events)
         logging.getLogger("numpy_cnn.distributed.server").info(
             "server: listening on %s (pid %d)", transport.endpoint, os.getpid()

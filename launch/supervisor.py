@@ -23,6 +23,7 @@ from numpy_cnn import checkpoint
 from numpy_cnn.cli import resume_hint, summary
 from numpy_cnn.distributed.config import JobConfig, local_buckets
 from numpy_cnn.distributed.keys import TemporaryKeys
+from numpy_cnn.distributed.memory import job_folder_parent
 from numpy_cnn.distributed.tracing import LAUNCHER, process_trace
 from numpy_cnn.distributed.worker import EXIT_REFUSED, EXIT_SERVER_SILENT
 
@@ -153,7 +154,8 @@ class Job:
         clear_parts(self.config)  # an earlier run's, which would be merged into this one's trace
         if not (self.ipc and self.local_workers):
             return self._run_with([])
-        with tempfile.TemporaryDirectory(prefix="numpy-cnn-ipc-") as folder:  # mode 0700
+        # mode 0700; the socket and the arrays the server shares with these workers (memory.py)
+        with tempfile.TemporaryDirectory(prefix="numpy-cnn-ipc-", dir=job_folder_parent()) as folder:
             return self._run_with(["--ipc-dir", folder])
 
     def _run_with(self, server_args: list[str]) -> int:

@@ -38,6 +38,18 @@ def children(node: Node) -> tuple[Node, Node]:
     return (lo, lo + half), (lo + half, hi)
 
 
+def tree_nodes(shards: int) -> list[Node]:
+    """Every node of the tree over [0, shards), root first, then depth first, left before right."""
+    nodes, todo = [], [(0, shards)]
+    while todo:
+        node = todo.pop()
+        nodes.append(node)
+        if node[1] - node[0] > 1:
+            left, right = children(node)
+            todo += [right, left]
+    return nodes
+
+
 def cover(lo: int, hi: int, shards: int) -> list[Node]:
     """The fewest tree nodes that exactly cover shards [lo, hi), left to right."""
     if not 0 <= lo < hi <= shards:

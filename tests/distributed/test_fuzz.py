@@ -43,6 +43,7 @@ def malformed(rng: np.random.Generator, params: list[np.ndarray], step: int) -> 
         "compute_s": 0.001,
         "started": 1.0,
         "taken": [0.0, 0.0, 0.0],
+        "shared": bool(rng.integers(2)),  # in a gradient file this peer was never given
     }
     if kind == 0:  # random bytes, 1 to 4 frames
         return [rng.bytes(int(rng.integers(0, 200))) for _ in range(rng.integers(1, 5))]
@@ -220,8 +221,8 @@ def test_duplicated_and_replayed_answers_from_real_workers_are_dropped(mnist_dir
 
 def test_forged_bucket_messages_from_a_registered_worker_are_each_rejected(mnist_dir, caplog):
     """Rank 1 sends, before each real bucket, the same bucket with a wrong step, version, bucket,
-    node, shape, length, dtype or update times, and after it a duplicate: each is rejected for its
-    reason, and the weights are a clean run's."""
+    node, shape, length, dtype or update times, or said to be in shared memory it was never given,
+    and after it a duplicate: each is rejected for its reason, and the weights are a clean run's."""
     data = load("mnist", str(mnist_dir))
 
     class Forger(Worker):
@@ -247,6 +248,7 @@ def test_forged_bucket_messages_from_a_registered_worker_are_each_rejected(mnist
                     again(arrays=[a.astype(np.float64) for a in arrays]),
                     again({"taken": [1.0]}),
                     again({"taken": [-1.0, 0.0, 0.0]}),
+                    again({"shared": True}, arrays=[]),  # in-process: it has no gradient file
                 ):
                     send(fake)
                 send(frames)
@@ -258,8 +260,8 @@ def test_forged_bucket_messages_from_a_registered_worker_are_each_rejected(mnist
     server = ParameterServer(config, LocalTransport([Worker(0, data), Forger(1, data)]), data)
     with caplog.at_level(logging.WARNING, logger="numpy_cnn.distributed.server"):
         server.run()
-    # 10 per bucket of each of 4 steps; the duplicate of the very last may still be queued at the end
-    assert 4 * 3 * 10 - 1 <= server.rejected <= 4 * 3 * 10 and server.lost == 0
+    # 11 per bucket of each of 4 steps; the duplicate of the very last may still be queued at the end
+    assert 4 * 3 * 11 - 1 <= server.rejected <= 4 * 3 * 11 and server.lost == 0
     for reason in (
         "expected step 0 version 0",
         "bucket 7, but there are 3",
@@ -270,6 +272,7 @@ def test_forged_bucket_messages_from_a_registered_worker_are_each_rejected(mnist
         "(a duplicate, or not its work)",
         "taken [1.0] is not 3 times, one per bucket",
         "taken [-1.0, 0.0, 0.0] is not 3 times, one per bucket",
+        "shared gradients from a worker that has no gradient file",
     ):
         assert reason in caplog.text, reason
     clean = in_process_server(config, data)

@@ -22,7 +22,7 @@ def _as_received(frames):
 
 def test_round_trip_without_copies():
     arrays = _params()
-    fields = dict(step=3, version=3, epoch=0, index=2, nodes=[[0, 2]], buckets=[0], carried=[0])
+    fields = dict(step=3, version=3, epoch=0, index=2, nodes=[[0, 2]], buckets=[0], carried=[0], sides=[])
     frames = encode(protocol.PARAMS, arrays, **fields)
     assert frames[1] is arrays[0]  # the array itself is the frame: zmq sends it in place
     received = _as_received(frames)
@@ -38,7 +38,12 @@ def test_round_trip_without_copies():
 def test_every_message_type_round_trips():
     samples = {
         protocol.HELLO: {"rank": 0, "pid": 1, "boot": "b"},
-        protocol.WELCOME: {"rank": 1, "config": {"model": "fc-net"}, "expect": {"protocol": "3"}},
+        protocol.WELCOME: {
+            "rank": 1,
+            "config": {"model": "fc-net"},
+            "expect": {"protocol": "3"},
+            "memory": {"params": "/tmp/x/params-1", "grads": "/tmp/x/grads-0-1"},
+        },
         protocol.REFUSE: {"rank": 1, "reason": "model differs"},
         protocol.READY: {"rank": 1},
         protocol.PARAMS: {
@@ -49,8 +54,9 @@ def test_every_message_type_round_trips():
             "nodes": [[0, 1]],
             "buckets": [0],
             "carried": [0],
+            "sides": [1],
         },
-        protocol.UPDATE: {"step": 0, "version": 1, "bucket": 2},
+        protocol.UPDATE: {"step": 0, "version": 1, "bucket": 2, "side": -1},
         protocol.GRADS: {
             "step": 1,
             "version": 1,
@@ -63,6 +69,7 @@ def test_every_message_type_round_trips():
             "compute_s": 0.01,
             "started": 12.5,
             "taken": [12.1, 12.2, 0.0],
+            "shared": True,
         },
         protocol.HEARTBEAT: {"rank": 2, "answered": 5},
         protocol.STOP: {"reason": "done"},
@@ -120,6 +127,7 @@ def test_non_finite_statistics_are_rejected():
         "compute_s": 0.0,
         "started": 0.0,
         "taken": [],
+        "shared": False,
         "arrays": [],
     }
     with pytest.raises(ProtocolError, match="loss is nan"):
@@ -127,7 +135,7 @@ def test_non_finite_statistics_are_rejected():
 
 
 def test_encode_refuses_arrays_it_cannot_send_as_they_are():
-    fields = dict(step=0, version=0, epoch=0, index=0, nodes=[[0, 1]], buckets=[0], carried=[0])
+    fields = dict(step=0, version=0, epoch=0, index=0, nodes=[[0, 1]], buckets=[0], carried=[0], sides=[])
     for bad in (np.ones((4, 4), np.float32)[:, ::2], np.ones(3, np.int64)):  # strided; not a float
         with pytest.raises(TypeError):
             encode(protocol.PARAMS, [bad], **fields)

@@ -50,7 +50,7 @@ def test_a_step_adds_up_and_gives_per_bucket_times_after_its_start():
 
 
 def test_update_times_are_taken_from_the_next_answers_relative_to_the_step_before():
-    from numpy_cnn.distributed.server import taken_after
+    from numpy_cnn.distributed.stats import taken_after
 
     answers = [{"taken": [10.004, 10.009]}, {"taken": [10.005, 10.008]}]
     assert taken_after(answers, (6, 10.0), 7) == pytest.approx([0.005, 0.009])  # the last worker's

@@ -69,14 +69,14 @@ def test_the_compute_thread_takes_its_next_job_off_the_socket_itself(tmp_path, m
     try:
         peer, _ = next_of(protocol.HELLO)
         expect = agreement.identity(net, config.dataset)
-        welcome = protocol.encode(protocol.WELCOME, rank=0, config=config.to_dict(), expect=expect)
+        welcome = protocol.encode(protocol.WELCOME, rank=0, config=config.to_dict(), expect=expect, memory={})
         server.send_multipart([peer, *welcome])
         next_of(protocol.READY)
         jobs = 6
         for step in range(jobs):
             frames = protocol.encode(
                 protocol.PARAMS, [weights], step=step, version=step, epoch=0, index=step,
-                nodes=[[0, 2]], buckets=[0], carried=[0],
+                nodes=[[0, 2]], buckets=[0], carried=[0], sides=[],
             )  # fmt: skip
             server.send_multipart([peer, *frames], copy=False)
             _, grads = next_of(protocol.GRADS)

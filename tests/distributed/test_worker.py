@@ -10,13 +10,13 @@ from threadpoolctl import threadpool_limits
 
 from numpy_cnn import Net, buckets, layers
 from numpy_cnn.data import global_batch, load
-from numpy_cnn.distributed import agreement, protocol
+from numpy_cnn.distributed import agreement, memory, protocol
 from numpy_cnn.distributed.config import JobConfig
 from numpy_cnn.distributed.protocol import ProtocolError
 from numpy_cnn.distributed.worker import Worker
 from numpy_cnn.loss import CrossEntropyLoss
 from numpy_cnn.models import build, input_shape
-from numpy_cnn.shards import shard_bounds, shard_gradient, tree_sum
+from numpy_cnn.shards import shard_bounds, shard_gradient, tree_nodes, tree_sum
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +24,12 @@ def data(mnist_dir):
     return load("mnist", str(mnist_dir))
 
 
-def welcome(worker: Worker, config: JobConfig) -> None:
+def welcome(worker: Worker, config: JobConfig, memory: dict | None = None) -> None:
+    memory = {} if memory is None else memory
     expect = agreement.identity(build(config.model, seed=config.seed), config.dataset)
-    msg = protocol.encode(protocol.WELCOME, rank=worker.rank, config=config.to_dict(), expect=expect)
+    msg = protocol.encode(
+        protocol.WELCOME, rank=worker.rank, config=config.to_dict(), expect=expect, memory=memory
+    )
     msg = protocol.decode(msg)
     (ready,) = map(protocol.decode, worker.handle(msg))
     assert ready.type == protocol.READY and ready["rank"] == worker.rank
@@ -37,14 +40,15 @@ def flat(net, ids):
     return np.concatenate([net.parameters[i].data.ravel() for i in ids])
 
 
-def params(net, nodes, epoch=1, index=5, step=3, wanted=(0, 1, 2), carried=None, plan=None):
-    """A PARAMS job carrying `net`'s values of the buckets `carried` (default: all of `plan`)."""
+def params(net, nodes, epoch=1, index=5, step=3, wanted=(0, 1, 2), carried=None, plan=None, sides=None):
+    """A PARAMS job carrying `net`'s values of the buckets `carried` (default: all of `plan`), or,
+    with `sides`, naming the buffers of the shared parameters that hold them."""
     plan = buckets.plan(net) if plan is None else plan
     carried = range(len(plan)) if carried is None else carried
     return protocol.decode(
         protocol.encode(
             protocol.PARAMS,
-            [flat(net, plan[b]) for b in carried],
+            [flat(net, plan[b]) for b in carried] if sides is None else [],
             step=step,
             version=step,
             epoch=epoch,
@@ -52,6 +56,7 @@ def params(net, nodes, epoch=1, index=5, step=3, wanted=(0, 1, 2), carried=None,
             nodes=[list(n) for n in nodes],
             buckets=list(wanted),
             carried=list(carried),
+            sides=[] if sides is None else sides,
         )
     )
 
@@ -64,6 +69,7 @@ def update(net, bucket, version):
         step=version - 1,
         version=version,
         bucket=bucket,
+        side=-1,
     )
     return protocol.decode(frames)
 
@@ -135,12 +141,14 @@ def test_holds_parameters_by_bucket_and_version(data):
     with pytest.raises(ProtocolError, match="bucket 1 do not match"):
         worker.handle(_wrong_bucket(new))
     with pytest.raises(ProtocolError, match="update of bucket 3"):
-        worker.handle(protocol.decode(protocol.encode(protocol.UPDATE, [], step=0, version=9, bucket=3)))
+        worker.handle(protocol.decode(protocol.encode(protocol.UPDATE, step=0, version=9, bucket=3, side=-1)))
 
 
 def _wrong_bucket(net):
     """Bucket 1's update carrying bucket 0's arrays."""
-    frames = protocol.encode(protocol.UPDATE, [flat(net, buckets.plan(net)[0])], step=4, version=5, bucket=1)
+    frames = protocol.encode(
+        protocol.UPDATE, [flat(net, buckets.plan(net)[0])], step=4, version=5, bucket=1, side=-1
+    )
     return protocol.decode(frames)
 
 
@@ -160,7 +168,9 @@ def test_refuses_work_it_cannot_do(data):
     with pytest.raises(ProtocolError, match="buckets"):
         worker.handle(params(conv, [(0, 2)], wanted=[3]))
     with pytest.raises(ProtocolError, match="welcomed as rank 1"):
-        worker.handle(protocol.decode(protocol.encode(protocol.WELCOME, rank=1, config={}, expect={})))
+        worker.handle(
+            protocol.decode(protocol.encode(protocol.WELCOME, rank=1, config={}, expect={}, memory={}))
+        )
     stop = protocol.decode(protocol.encode(protocol.STOP, reason="test over"))
     assert worker.handle(stop) == [] and worker.stopped and worker.stop_reason == "test over"
 
@@ -195,7 +205,7 @@ def test_a_worker_that_differs_from_the_server_refuses_naming_the_difference(dat
         ({"data": agreement.data_digest("fashion-mnist")}, "data differs: the server has fashion-mnist"),
     ]:
         welcome = protocol.encode(
-            protocol.WELCOME, rank=0, config=config.to_dict(), expect={**expect, **change}
+            protocol.WELCOME, rank=0, config=config.to_dict(), expect={**expect, **change}, memory={}
         )
         with pytest.raises(agreement.Disagreement, match=words):
             Worker(0, data).handle(protocol.decode(welcome))
@@ -209,7 +219,7 @@ def test_a_worker_that_cannot_import_the_model_refuses_naming_it(data, tmp_path)
     )
     config = JobConfig(f"{path}:net", workers=2)
     expect = agreement.identity(build(config.model, data=data), "mnist")
-    welcome = protocol.encode(protocol.WELCOME, rank=0, config=config.to_dict(), expect=expect)
+    welcome = protocol.encode(protocol.WELCOME, rank=0, config=config.to_dict(), expect=expect, memory={})
     path.unlink()  # this worker's machine has no such file
     with pytest.raises(agreement.Disagreement, match=f"model {path}:net: cannot read {path}"):
         Worker(0, data).handle(protocol.decode(welcome))
@@ -261,3 +271,59 @@ def test_preparing_stops_when_the_parameters_come_and_the_job_makes_the_rest(dat
             replies = worker.handle(params(net, [(2, 4)], index=6))
         answers.append([a.tobytes() for frames in replies for a in protocol.decode(frames).arrays])
     assert answers[0] == answers[1] == answers[2]
+
+
+def test_a_worker_on_the_server_s_machine_reads_and_writes_shared_memory_with_the_same_bits(data, tmp_path):
+    """Given the server's files (distributed/memory.py), a worker computes with the parameters
+    where the server keeps them and writes each node's sums at the node's slot of its gradient
+    file, sending no arrays: the bits a worker that gets and sends arrays computes."""
+    folder = tmp_path / "job"
+    folder.mkdir(mode=0o700)
+    config = JobConfig("conv-net", workers=2, shards=4, seed=2)
+    net, old = build("conv-net", seed=7), build("conv-net", seed=8)
+    layout = buckets.Layout.of(net, buckets.plan(net))
+    nodes = tree_nodes(4)
+    made = (
+        memory.create(folder, "params-", 2 * layout.size * 4),
+        memory.create(folder, "grads-1-", 7 * layout.size * 4),
+    )
+    sides = made[0].array(np.dtype(np.float32), (2, layout.size))
+    sides[0] = flat(old, [i for ids in layout.plan for i in ids])
+    sides[1] = flat(net, [i for ids in layout.plan for i in ids])
+    files = {"params": str(made[0].path), "grads": str(made[1].path)}
+    shared, plain = Worker(1, data), Worker(1, data)
+    shared.folder = str(folder)
+    welcome(shared, config, files)
+    welcome(plain, config)
+    with threadpool_limits(1):
+        got = [protocol.decode(f) for f in shared.handle(params(net, [(2, 4)], sides=[1, 1, 1]))]
+        want = [protocol.decode(f) for f in plain.handle(params(net, [(2, 4)]))]
+    area = made[1].array(np.dtype(np.float32), (len(nodes), layout.size))
+    for b, (g, w) in enumerate(zip(got, want)):
+        assert g["shared"] and g.arrays == [] and not w["shared"]
+        assert area[nodes.index((2, 4)), layout.span(b)].tobytes() == w.arrays[0].tobytes()
+    assert not shared.current[0].flags.writeable
+    at = layout.offset[0]  # the worker reads the server's buffer itself, not a copy of it
+    sides[1, at] = 42.0
+    assert shared.current[0].flat[0] == 42.0
+    # an UPDATE names the buffer that holds the bucket's new values
+    update = protocol.encode(protocol.UPDATE, step=3, version=4, bucket=0, side=0)
+    shared.handle(protocol.decode(update))
+    assert shared.held[0] == 4 and shared.current[layout.plan[0][0]].base is not None
+    for bad, words in [
+        (params(net, [(2, 4)], step=4, carried=[1, 2], sides=[1, 2]), "buffers \\[1, 2\\]"),
+        (params(net, [(2, 4)], step=4, carried=[1, 2], sides=[1]), "buffers \\[1\\]"),
+    ]:
+        with pytest.raises(ProtocolError, match=words):
+            shared.handle(bad)
+    with pytest.raises(ProtocolError, match="shared parameters this worker cannot read"):
+        plain.handle(params(net, [(2, 4)], step=4, sides=[0, 0, 0]))
+    tcp = Worker(1, data)  # a worker that reached the server over TCP cannot map its files
+    with pytest.raises(ProtocolError, match="offered to a worker that cannot map it"):
+        welcome(tcp, config, files)
+    elsewhere = Worker(1, data)
+    elsewhere.folder = str(tmp_path)
+    with pytest.raises(
+        ProtocolError, match="cannot map the server's shared memory: .* not in the job's folder"
+    ):
+        welcome(elsewhere, config, files)

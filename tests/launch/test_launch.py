@@ -147,7 +147,20 @@ def test_any_worker_count_and_single_process_give_the_same_bits(mnist_dir, tmp_p
         ("workers-1", ["--workers", "1"]),
         ("workers-2", ["--workers", "2", "--buckets", "stream", "--metrics", str(tmp_path / "m.jsonl")]),
         ("workers-2-one", ["--workers", "2", "--buckets", "one"]),  # all buckets in one message
-        ("workers-2-tcp", ["--workers", "2", "--local-transport", "tcp"]),  # CURVE TCP, not ipc
+        # CURVE TCP, not ipc: the arrays travel in the messages, not in shared memory
+        (
+            "workers-2-tcp",
+            [
+                "--workers",
+                "2",
+                "--local-transport",
+                "tcp",
+                "--buckets",
+                "stream",
+                "--metrics",
+                str(tmp_path / "m-tcp.jsonl"),
+            ],
+        ),
         ("workers-4", ["--workers", "4"]),
         ("single-process", ["--workers", "4", "--single-process"]),
     ]:
@@ -187,17 +200,21 @@ def test_any_worker_count_and_single_process_give_the_same_bits(mnist_dir, tmp_p
         assert record[key] > 0, key
     # local workers share the server's clock: the part of a step no worker computes is known
     assert 0 < record["exposed_comm_ms"] < record["step_ms"]
-    # each of 2 workers sends one gradient (a message a bucket) and gets the new weights (an UPDATE
-    # a bucket, but the next PARAMS carries a step's last bucket, and the job's last step's never
-    # goes out): 4 copies, plus small headers; and the first step sends each all the weights once
+    # over the Unix socket the arrays lie in shared memory: only the headers cross it
+    assert 0 < record["bytes_per_step"] < 4000
+    # over TCP each of 2 workers sends one gradient (a message a bucket) and gets the new weights
+    # (an UPDATE a bucket, but the next PARAMS carries a step's last bucket, and the job's last
+    # step's never goes out): 4 copies, plus small headers; and the first step sends each all the
+    # weights once
     from numpy_cnn import buckets
     from numpy_cnn.models import build
 
+    _, tcp = [json.loads(line) for line in (tmp_path / "m-tcp.jsonl").read_text().splitlines()]
     arrays = sum(a.nbytes for a in weights["workers-1"].values())
     net = build(model)
     last = sum(net.parameters[i].data.nbytes for i in buckets.plan(net)[-1])
     least = 4 * arrays + 2 * (arrays - last) / steps
-    assert least < record["bytes_per_step"] < least + 4000
+    assert least < tcp["bytes_per_step"] < least + 4000
 
 
 def test_a_different_seed_gives_different_weights(mnist_dir, tmp_path):
@@ -305,8 +322,12 @@ def test_children_do_not_outlive_a_killed_launcher(mnist_dir, running):
     job = running(long_job(mnist_dir))
     job.wait_for(r"\[worker 1\] worker 1: conv-net")
     pids = job.pids()
+    server = Path(f"/proc/{pids['server']}/cmdline").read_bytes().split(b"\0")
+    folder = Path(os.fsdecode(server[server.index(b"--ipc-dir") + 1]))  # the job's private folder
+    assert [p.name for p in folder.glob("params-*")]  # the parameters it shares with its workers
     job.process.kill()  # SIGKILL: the launcher cannot clean up; the lifelines must
     assert wait_gone(list(pids.values()), timeout=10) == []
+    assert not folder.exists()  # the server removed its files, its socket and the folder
 
 
 @pytest.mark.parametrize(

@@ -169,3 +169,24 @@ def test_a_silent_worker_drop_mentions_debuggers(mnist_dir, tmp_path, running):
     assert job.finish(timeout=20) == 1
     log = "\n".join(job.seen)
     assert "a worker paused in a debugger looks the same" in log.lower() and "--single-process" in log
+
+
+def test_without_room_for_shared_memory_the_workers_get_arrays_and_the_same_bits(
+    mnist_dir, tmp_path, full_disk
+):
+    """The job's private folder on a full file system: the server says it sends arrays instead of
+    sharing memory with the workers on its machine, and the weights are those of a run that shares."""
+    common = ["conv-net", "--workers", "2", "--max-steps", "12", "--data-dir", str(mnist_dir)]
+    shared = run([*LAUNCH, *common, "--save", str(tmp_path / "shared.npz")], timeout=120)
+    assert shared.returncode == 0, shared.stdout + shared.stderr
+    assert "no shared memory" not in shared.stdout + shared.stderr
+    env = {**os.environ, "TMPDIR": str(full_disk)}  # where the launcher makes the job's folder
+    result = subprocess.run(
+        [*LAUNCH, *common, "--save", str(tmp_path / "arrays.npz")],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no shared memory for the workers on this machine" in result.stdout + result.stderr
+    assert "No space left on device" in result.stdout + result.stderr
+    with np.load(tmp_path / "shared.npz") as a, np.load(tmp_path / "arrays.npz") as b:
+        assert all(a[k].tobytes() == b[k].tobytes() for k in a.files if k != "meta")
