@@ -158,7 +158,7 @@ class Worker:
         update (the next GRADS reports when they came). Under the lock."""
         if version > self.held[b]:
             for i, a in zip(self.buckets[b], self.layout.bucket_views(b, values)):
-                self.current[i] = a  # a read-only view of the received frame, no copy
+                self.current[i] = a  # a read-only view of the frame or the shared buffer, no copy
             self.held[b] = version
             self.taken.setdefault(step, [0.0] * len(self.buckets))[b] = time.monotonic()
             for old in [s for s in self.taken if s < step]:
