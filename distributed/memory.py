@@ -68,7 +68,12 @@ def create(folder: str | os.PathLike, prefix: str, nbytes: int) -> SharedFile:
     OSError (ENOSPC, say) if the space cannot be had."""
     fd, name = tempfile.mkstemp(prefix=prefix, dir=folder)  # O_EXCL, mode 0600
     try:
-        os.posix_fallocate(fd, 0, nbytes)
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, nbytes)
+        else:  # macOS has none: zeros written are space taken, the same
+            zeros = bytes(1 << 20)
+            for at in range(0, nbytes, len(zeros)):
+                os.write(fd, zeros[: nbytes - at])
         return SharedFile(Path(name), mmap.mmap(fd, nbytes))
     except BaseException:
         os.unlink(name)
