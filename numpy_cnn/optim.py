@@ -34,16 +34,6 @@ class Optimizer:
         for i, p in enumerate(self.params):
             self._step(i, p, p.data)
 
-    def update_some(self, indices: Iterable[int], out: Iterable[np.ndarray]) -> None:
-        """Part of a step: the parameters at `indices` only, each new value written into the
-        matching array of `out` (old values left as they are), after `t` was counted once for the
-        whole step (`t += 1`). Every rule is elementwise and `new = old - d` rounds as `old -= d`,
-        so a step done part by part has the bits of `update()`: a parameter server updates each
-        bucket of parameters as soon as its gradient is in, and keeps the old values for workers
-        that take over a lost worker's share of the same step."""
-        for i, o in zip(indices, out, strict=True):
-            self._step(i, self.params[i], o)
-
     def flatten(self, layout) -> None:
         """Keep every state buffer and the scratch in one flat vector laid out by `layout`
         (numpy_cnn.buckets.Layout), each parameter's buffer a view of it, so that `update_span`
@@ -63,9 +53,12 @@ class Optimizer:
         self._buf = layout.views(self._flat_buf)
 
     def update_span(self, span: slice, grad: np.ndarray, data: np.ndarray, out: np.ndarray) -> None:
-        """Part of a step, as update_some, on the parameters that `span` of the flat layout holds
-        (after `flatten`): `data` their values end to end, `grad` their gradient; the new values
-        go into `out`. Elementwise, so it has the bits of update_some on each of them."""
+        """Part of a step, after `t` was counted once for the whole step (`t += 1`): the
+        parameters that `span` of the flat layout holds (after `flatten`), `data` their values end
+        to end, `grad` their gradient; the new values go into `out`, the old ones stay. Every rule
+        is elementwise and `new = old - d` rounds as `old -= d`, so a step done span by span has
+        the bits of `update()`: a parameter server updates each bucket as soon as its gradient is
+        in, and keeps the old values for workers that take over a lost worker's share."""
         state = [self.flat_state[name][span] for name in self.state_names]
         self._rule(grad, data, out, *state, self._flat_buf[span])
 

@@ -114,32 +114,6 @@ def test_bad_parameter_lists_are_errors():
 
 
 @pytest.mark.parametrize("make", [lambda ps: Adam(ps, lr=1e-2), lambda ps: SGD(ps, lr=0.1, momentum=0.9)])
-def test_a_step_bucket_by_bucket_into_other_arrays_has_the_bits_of_update(make):
-    """What the parameter server does (distributed/updates.py): count the step once, then update
-    each bucket as its gradient arrives, writing the new values into spare arrays."""
-    rng = np.random.default_rng(3)
-    shapes = [(5, 4), (4,), (3, 5), (3,)]
-    whole = [Tensor(rng.standard_normal(s).astype(np.float32)) for s in shapes]
-    parts = [Tensor(p.data.copy()) for p in whole]
-    a, b = make(whole), make(parts)
-    for _ in range(4):
-        grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
-        for p, q, g in zip(whole, parts, grads):
-            p.grad, q.grad = g, g.copy()
-        a.update()
-        b.t += 1
-        for ids in ([2, 3], [0, 1]):  # the last layer's bucket first
-            spare = [np.empty_like(parts[i].data) for i in ids]
-            old = [parts[i].data.copy() for i in ids]
-            b.update_some(ids, spare)
-            for i, o, s in zip(ids, old, spare):
-                assert parts[i].data.tobytes() == o.tobytes()  # the old values stay
-                parts[i].data = s
-        for p, q in zip(whole, parts):
-            assert p.data.tobytes() == q.data.tobytes()
-
-
-@pytest.mark.parametrize("make", [lambda ps: Adam(ps, lr=1e-2), lambda ps: SGD(ps, lr=0.1, momentum=0.9)])
 def test_a_step_on_flat_buckets_has_the_bits_of_update(make):
     """The parameter server's way (distributed/updates.py): the parameters end to end in a flat
     vector, bucket after bucket, the optimizer's state laid out the same way, and one update_span
