@@ -123,7 +123,8 @@ class ServerFiles:
 
     def offer(self, rank: int, peer: bytes) -> dict:
         """The files a worker that has just said HELLO maps (WELCOME.memory): a new gradient file
-        for it, and the parameters; {} for a worker on another machine, or without room."""
+        for it, and the parameters, and the socket of its lane where there is one; {} for a worker
+        on another machine, or without room."""
         self.grads.pop(rank, None)
         if self.params is None or not self.transport.local(peer):
             return {}
@@ -132,7 +133,10 @@ class ServerFiles:
             return {}
         made[1].flags.writeable = False  # the worker's to write
         self.grads[rank] = made
-        return {"params": str(self.params[0].path), "grads": str(made[0].path)}
+        offer = {"params": str(self.params[0].path), "grads": str(made[0].path)}
+        if self.transport.lane:  # where its messages go once it is ready (lane.py)
+            offer["lane"] = self.transport.lane
+        return offer
 
     def mapped(self, rank: int) -> None:
         """The worker is ready, its files mapped: their names are no longer needed."""

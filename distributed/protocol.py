@@ -15,10 +15,10 @@ from typing import Any
 import msgpack
 import numpy as np
 
-VERSION = 8  # 3: WELCOME carries what workers must agree with; REFUSE. 4: buckets, UPDATE. 5: GRADS.taken
+VERSION = 9  # 3: WELCOME carries what workers must agree with; REFUSE. 4: buckets, UPDATE. 5: GRADS.taken
 # 6: PARAMS.carried. 7: a bucket's parameters or gradient sums travel as one flat array. 8: shared
 # memory with the workers on the server's machine (WELCOME.memory, PARAMS.sides, UPDATE.side,
-# GRADS.shared)
+# GRADS.shared). 9: their lanes (WELCOME.memory's lane, READY.lane; distributed/lane.py)
 HEARTBEATS_PER_TIMEOUT = 5  # a peer silent for a whole --timeout has missed this many heartbeats
 
 HELLO = "hello"  # worker -> server: rank, pid, boot (the machine's boot id: is its clock ours?)
@@ -36,10 +36,13 @@ FINISHED = "training finished"  # the STOP reason of a job that ended well; any 
 SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     HELLO: {"rank": int, "pid": int, "boot": str},
     # memory: {"params": path, "grads": path} of the files a worker on the server's machine maps
-    # (distributed/memory.py), or {} for a worker that gets the arrays in the messages
+    # (distributed/memory.py), and "lane": path, the socket its lane connects to (lane.py), if
+    # there is one; or {} for a worker that gets the arrays in the messages
     WELCOME: {"rank": int, "config": dict, "expect": dict, "memory": dict},
     REFUSE: {"rank": int, "reason": str},
-    READY: {"rank": int},
+    # lane: the token the worker sent on the lane it connected (hex), from then on the way its
+    # messages go both ways; "" for none
+    READY: {"rank": int, "lane": str},
     PARAMS: {
         "step": int,
         "version": int,

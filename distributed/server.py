@@ -81,9 +81,7 @@ class ParameterServer:
         self.next_tick = 0.0
         self.stalled_since: float | None = None  # when work was left with no live worker to do it
         self.batch = (0, 0)  # (epoch, index) of the current step
-        self.ledger = StepLedger(
-            config.shards, self.buckets
-        )  # the current step: who owes what, what has come in
+        self.ledger = StepLedger(config.shards, self.buckets)  # this step: who owes what, what came in
         self.last_plan: dict[int, list[Node]] = {}  # who computed what at the last step
         self.events = events or (lambda event: None)
         self.log = log
@@ -144,6 +142,8 @@ class ParameterServer:
         elif msg.type == protocol.REFUSE:
             self._lose(rank, f"refused the job: {msg['reason'][:500]}")
         elif not self.members[rank].ready:
+            if msg["lane"] and not self.transport.claim(peer, msg["lane"]):  # its messages' way from now on
+                return self._lose(rank, "is ready, but its lane never came (lane.py)")
             self.members[rank].ready = True
             self.files.mapped(rank)
             self.members[rank].held = [-1] * len(self.buckets)
@@ -240,6 +240,7 @@ class ParameterServer:
             self.transport.send(member.peer, protocol.encode(protocol.STOP, reason=f"dropped: {why}"))
         except ConnectionError:
             pass
+        self.transport.forget(member.peer)
         log.warning("server: worker %d %s; dropped it at step %d%s", rank, why, self.step, hint)
         self.events({"event": "worker_lost", "rank": rank, "pid": member.pid, "reason": why})
         if self.config.on_worker_failure == "abort":

@@ -22,6 +22,7 @@ from zmq.utils.monitor import recv_monitor_message
 from . import agreement, protocol
 from .config import JobConfig
 from .keys import Keys
+from .lane import Lane
 from .protocol import Message, ProtocolError
 
 log = logging.getLogger("numpy_cnn.distributed.worker")
@@ -105,7 +106,9 @@ class ComputeThread:
 
 
 class Link:
-    """One DEALER socket to the server (CURVE over tcp://), and a monitor that says when it drops.
+    """One DEALER socket to the server (CURVE over tcp://), a monitor that says when it drops,
+    and, once the worker is ready, its lane, if WELCOME offered one (lane.py): then every message
+    takes the lane, both ways.
 
     A worker that loses its server opens a fresh Link rather than reusing the old socket: nothing
     queued for the old server (a late gradient, a heartbeat) can then reach the one replacing it,
@@ -121,11 +124,48 @@ class Link:
             self.socket.curve_publickey = keys.public
             self.socket.curve_serverkey = keys.peer_public
         self.monitor = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.lane: Lane | None = None
+        self.lane_ended = False  # the server closed the lane: it is gone (or has dropped this worker)
+        self.poller = zmq.Poller()  # the socket, and the lane once there is one: what `poll` watches
+        self.poller.register(self.socket, zmq.POLLIN)
         try:
             self.socket.connect(endpoint)
         except zmq.ZMQError:
             self.close()  # else the context could never be terminated
             raise
+
+    def sources(self) -> list:
+        """What brings the server's messages, for a poller: the socket, and the lane till it ends."""
+        return [self.socket] if self.lane is None or self.lane_ended else [self.socket, self.lane.fileno()]
+
+    def adopt(self, lane: Lane) -> None:
+        """The worker is ready, its READY sent: the lane carries everything from now on."""
+        self.lane = lane
+        self.poller.register(lane.fileno(), zmq.POLLIN)
+
+    def poll(self, timeout_ms: int) -> bool:
+        """Whether a message is waiting, after up to `timeout_ms`."""
+        return bool(self.poller.poll(timeout_ms))
+
+    def send(self, frames: Sequence[Any]) -> None:
+        if self.lane is not None:
+            self.lane.send(frames)
+        else:
+            self.socket.send_multipart(frames, copy=False)
+
+    def receive(self) -> list | None:
+        """The next message's frames, the lane's first; None if nothing is waiting."""
+        if self.lane is not None:
+            packet = self.lane.receive()
+            if packet:
+                return [packet]
+            if packet is None and not self.lane_ended:  # closed: out of the poll (it stays readable)
+                self.lane_ended = True
+                self.poller.unregister(self.lane.fileno())
+        try:
+            return self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return None
 
     def dropped(self) -> bool:
         """Whether the connection has dropped since the last call (reads the monitor's events)."""
@@ -138,6 +178,8 @@ class Link:
         self.socket.disable_monitor()
         self.monitor.close(linger=0)
         self.socket.close(linger=int(linger * 1000))
+        if self.lane is not None:
+            self.lane.close()
 
 
 class Talk:
@@ -160,6 +202,7 @@ class Talk:
         # job computes (run)
         self.lock = threading.Lock()
         self.closing = False
+        self.polled: list = []  # the Link's sources in this thread's poll (_listen)
         self.compute = ComputeThread(worker, self)
         self.poller = zmq.Poller()
         self.poller.register(self.compute.wake_r, zmq.POLLIN)
@@ -183,14 +226,12 @@ class Talk:
 
     def _relink(self) -> None:
         if self.link is not None:
-            if self.listening:  # else a job is computing, and the socket is out of the poll (run)
-                self.poller.unregister(self.link.socket)
+            self._listen(False)  # else a job is computing, and the socket is out of the poll (run)
             self.poller.unregister(self.link.monitor)
             self.link.close()
         self.link = Link(self.context, self.endpoint, self.keys, self.join_timeout)
-        self.poller.register(self.link.socket, zmq.POLLIN)
+        self._listen(True)  # the poll wakes this thread for the socket (see run)
         self.poller.register(self.link.monitor, zmq.POLLIN)
-        self.listening = True  # the poll wakes this thread for the socket (see run)
         self.generation += 1
         self.todo: deque[Message] = deque()  # what the server sent, for the compute thread
         self.welcomed = False
@@ -210,9 +251,18 @@ class Talk:
             if self.job_generation == self.generation:
                 self._send(frames)
 
+    def _listen(self, on: bool) -> None:
+        """Put the Link's sources in this thread's poll, or take them out. Under the lock."""
+        for source in self.polled:
+            self.poller.unregister(source)
+        self.polled = self.link.sources() if on else []
+        for source in self.polled:
+            self.poller.register(source, zmq.POLLIN)
+        self.listening = on
+
     def _send(self, frames: Sequence[Any]) -> None:
         try:
-            self.link.socket.send_multipart(frames, copy=False)
+            self.link.send(frames)
         except zmq.Again:
             raise ConnectionError(f"cannot send to the server at {self.endpoint}: nothing leaves") from None
 
@@ -233,7 +283,7 @@ class Talk:
             """Whether the wait is over: a job, or a reason to hand back, in `found`."""
             with self.lock:
                 try:  # everything that has come (UPDATEs before the job), waiting for the first
-                    while not self.todo and self._current(generation) and self.link.socket.poll(timeout_ms):
+                    while not self.todo and self._current(generation) and self.link.poll(timeout_ms):
                         self._take()  # a job goes to todo; the rest is dealt with there
                         timeout_ms = 0
                 except zmq.ZMQError:  # the socket was closed under us: the worker is ending
@@ -302,6 +352,13 @@ class Talk:
                 if self.job_generation == self.generation:  # the setup's READY
                     for frames in replies:
                         self.send(frames)
+                    if worker.lane is not None:  # after READY: the server claims the lane as it reads it
+                        with self.lock:
+                            self.link.adopt(worker.lane)
+                            self._listen(self.listening)
+                elif worker.lane is not None:  # for an older Link's server, gone
+                    worker.lane.close()
+                worker.lane = None  # the Link owns it now
             # While the compute thread runs gradient jobs, the socket is out of the poll: the
             # compute thread sends on it, and takes its next job off it (next_job). This thread
             # reads it only when it wakes anyway (a heartbeat due): every wake-up takes the
@@ -309,13 +366,10 @@ class Talk:
             # from being read.
             job = self.todo[0] if not compute.busy and self.todo else None
             quiet = (compute.busy and self.computing) or (job is not None and job.type == protocol.PARAMS)
-            if quiet == self.listening:
+            # the lane's end stays readable: out of the poll (the talking thread's alone)
+            if quiet == self.listening or (self.listening and len(self.polled) > len(self.link.sources())):
                 with self.lock:
-                    if quiet:
-                        self.poller.unregister(self.link.socket)
-                    else:
-                        self.poller.register(self.link.socket, zmq.POLLIN)
-                self.listening = not quiet
+                    self._listen(not quiet)
             if job is not None:  # out of the poll first: the job may send at once
                 self.todo.popleft()
                 self.computing = job.type == protocol.PARAMS
@@ -347,18 +401,23 @@ class Talk:
             ready = dict(self.poller.poll(wait * 1000 + 1))
             if compute.wake_r in ready:
                 compute.woken()  # what woke it is handled at the top of the loop
-            if self.link.socket in ready:
+            if any(source in ready for source in self.polled):
                 self._receive()
             # without a way back for the server, a dropped connection is left to ZeroMQ to mend
-            elif self.link.monitor in ready and self.link.dropped() and self.welcomed and self.may_rejoin:
+            elif self._dropped(self.link.monitor in ready) and self.welcomed and self.may_rejoin:
                 while self._waiting() and not worker.stopped:  # what it said before it went
                     self._receive()  # (a STOP, at the end of the job)
                 if not worker.stopped:
                     self._lost(f"the connection to the server at {self.endpoint} dropped")
 
+    def _dropped(self, monitor: bool) -> bool:
+        """Whether the connection has dropped: the monitor says so (`monitor`: it has news), or the
+        server closed the lane."""
+        return (monitor and self.link.dropped()) or self.link.lane_ended
+
     def _waiting(self) -> bool:
         with self.lock:
-            return bool(self.link.socket.poll(0))
+            return self.link.poll(0)
 
     def _receive(self) -> None:
         with self.lock:
@@ -367,7 +426,9 @@ class Talk:
     def _take(self) -> None:
         """Receive one message and act on it, the lock held (either thread): a job (WELCOME,
         PARAMS) goes to `todo`, what needs no computing is handled at once."""
-        frames = self.link.socket.recv_multipart(copy=False)
+        frames = self.link.receive()
+        if frames is None:  # the lane's end, or nothing after all
+            return
         self.heard = time.monotonic()
         try:
             msg = protocol.decode(frames)

@@ -5,6 +5,7 @@ The server sees one interface, `Transport`, so the same ParameterServer runs ove
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from collections import deque
@@ -15,8 +16,11 @@ import zmq
 
 from . import memory, protocol
 from .keys import Keys, allow_only
+from .lane import Lanes
 from .memory import SharedFile
 from .protocol import Message
+
+log = logging.getLogger("numpy_cnn.distributed.transport")
 
 CURVE_OVERHEAD = 64  # bytes CURVE adds to a frame: flags, nonce, MAC (33 in libzmq 4.3), rounded up
 
@@ -40,6 +44,16 @@ class Transport(Protocol):
 
     def share(self, prefix: str, nbytes: int) -> SharedFile | None:
         """A new shared file for the local peers (memory.py); None where there are none."""
+
+    @property
+    def lane(self) -> str | None:
+        """The socket local peers connect their lanes to (lane.py); None where there is none."""
+
+    def claim(self, peer: bytes, token: str) -> bool:
+        """From now on, `peer`'s messages take the lane that sent `token`; False if none did."""
+
+    def forget(self, peer: bytes) -> None:
+        """`peer` is no longer a worker of this job: close its lane, if it has one."""
 
     def close(self, linger: float = 0.0) -> None:
         """Let queued messages out for up to `linger` seconds, then release everything."""
@@ -67,7 +81,8 @@ class ZmqServerTransport:
     arrives. With `ipc_dir`, a second ROUTER listens on a Unix socket in that folder, which must
     be private to this user (mode 0700): only this user's processes on this machine can reach
     it, the same trust as the key files, so workers started here skip the encryption. The files
-    that the server shares with them (`share`, memory.py) lie in the same folder.
+    that the server shares with them (`share`, memory.py) lie in the same folder, and so does the
+    socket of their lanes (lane.py): once a worker is ready, its messages take its lane.
     """
 
     parallel = True  # workers compute at the same time
@@ -87,6 +102,7 @@ class ZmqServerTransport:
         self.local_endpoint = ""
         self.ipc_dir = ipc_dir
         self.shared: list[SharedFile] = []  # removed at close
+        self.lanes: Lanes | None = None
         try:
             tcp = self._router(max_message_bytes + CURVE_OVERHEAD if max_message_bytes >= 0 else -1)
             # larger frames drop the peer; the limit applies to the encrypted frame, a little longer
@@ -101,6 +117,10 @@ class ZmqServerTransport:
                         f"{ipc_dir} must be a folder of this user's that only it can open (mode 0700)"
                     )
                 self.local_endpoint = self._bind(self._router(max_message_bytes), f"ipc://{ipc_dir}/server")
+                try:
+                    self.lanes = Lanes(ipc_dir)
+                except OSError as e:  # no SOCK_SEQPACKET: everything over ZeroMQ
+                    log.warning("server: no lanes for the workers on this machine (%s)", e)
         except (zmq.ZMQError, OSError):
             self.close()
             raise
@@ -131,6 +151,9 @@ class ZmqServerTransport:
         # step in between, i.e. after these frames have been delivered. (A worker dropped as
         # stuck may still have messages queued; what it reads no longer counts.)
         # A peer is its socket's index, then the routing id that socket gave the connection.
+        if self.lanes is not None and self.lanes.send(peer, frames):
+            self.sent_bytes += _nbytes(frames)
+            return
         try:
             self.sockets[peer[0]].send_multipart([peer[1:], *frames], copy=False, flags=zmq.NOBLOCK)
         except (zmq.ZMQError, IndexError) as e:
@@ -139,6 +162,14 @@ class ZmqServerTransport:
 
     def recv(self, timeout: float) -> tuple[bytes, list] | None:
         ready = dict(self.poller.poll(int(timeout * 1000)))
+        for fd in self.lanes.fds() if self.lanes is not None else ():
+            if ready.get(fd):
+                peer, packet = self.lanes.receive(fd)
+                if packet is None:  # the worker closed it: it is gone
+                    self.poller.unregister(fd)
+                elif packet:
+                    self.received_bytes += len(packet)
+                    return peer, [packet]
         for index, socket in enumerate(self.sockets):
             if ready.get(socket):
                 peer, *frames = socket.recv_multipart(copy=False)
@@ -158,6 +189,21 @@ class ZmqServerTransport:
         return shared
 
     @property
+    def lane(self) -> str | None:
+        return None if self.lanes is None else self.lanes.path
+
+    def claim(self, peer: bytes, token: str) -> bool:
+        connection = None if self.lanes is None else self.lanes.claim(peer, token)
+        if connection is not None:
+            self.poller.register(connection.fileno(), zmq.POLLIN)
+        return connection is not None
+
+    def forget(self, peer: bytes) -> None:
+        if self.lanes is not None and peer in self.lanes.by_peer:
+            self.poller.unregister(self.lanes.by_peer[peer].fileno())
+            self.lanes.drop(peer)
+
+    @property
     def closed(self) -> bool:
         return all(socket.closed for socket in self.sockets)
 
@@ -166,6 +212,8 @@ class ZmqServerTransport:
         remove the shared files."""
         for socket in self.sockets:
             socket.close(linger=int(linger * 1000))
+        if self.lanes is not None:  # what went on a lane is in its worker's socket buffer already
+            self.lanes.close()
         self.auth.stop()
         self.context.term()
         self.remove_files()
@@ -175,6 +223,8 @@ class ZmqServerTransport:
         the Unix socket and its folder too, left to nobody when the launcher that made it is gone."""
         for shared in self.shared:
             shared.unlink()
+        if self.lanes is not None:
+            self.lanes.remove()
         if folder and self.ipc_dir is not None:  # the socket, then the folder if nothing else is in it
             for remove, path in ((os.unlink, os.path.join(self.ipc_dir, "server")), (os.rmdir, self.ipc_dir)):
                 try:
@@ -222,6 +272,14 @@ class LocalTransport:
 
     def share(self, prefix: str, nbytes: int) -> SharedFile | None:
         return None
+
+    lane = None
+
+    def claim(self, peer: bytes, token: str) -> bool:
+        return False
+
+    def forget(self, peer: bytes) -> None:
+        pass
 
     def close(self, linger: float = 0.0) -> None:
         self.inbox.clear()

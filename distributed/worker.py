@@ -25,6 +25,8 @@ from numpy_cnn.trace import OFF
 from . import agreement, protocol
 from .compute import ShardJob
 from .config import JobConfig
+from .lane import NAME as LANE_NAME
+from .lane import Lane
 from .memory import open_file
 from .protocol import Message, ProtocolError
 from .ranks import parse_nodes, worker_shards
@@ -48,6 +50,7 @@ class Worker:
         self.data_dir = data_dir  # where this machine keeps the data (None: NUMPY_CNN_DATA, the cache)
         self.folder: str | None = None  # the server's private folder, reached through ipc:// (talk.py)
         self.shared: np.ndarray | None = None  # the server's parameters, both buffers, where mapped
+        self.lane: Lane | None = None  # connected by WELCOME, until Talk takes it (lane.py)
         self.config: JobConfig | None = None
         self.stopped = False
         self.stop_reason = ""
@@ -69,7 +72,8 @@ class Worker:
         send = replies.append if send is None else send
         if msg.type == protocol.WELCOME:
             self._setup(msg)
-            replies.append(protocol.encode(protocol.READY, rank=self.rank))
+            token = self.lane.token.hex() if self.lane is not None else ""
+            replies.append(protocol.encode(protocol.READY, rank=self.rank, lane=token))
         elif msg.type == protocol.PARAMS:
             self._step(msg, send)
         elif msg.type == protocol.UPDATE:
@@ -101,7 +105,7 @@ class Worker:
         self.buckets = buckets.plan(net, config.bucket_cap)
         self.layout = buckets.Layout.of(net, self.buckets)  # each bucket comes as one flat frame
         self.dtype = net.parameters[0].dtype
-        area = self._map(msg["memory"], config.shards)
+        area = self._map(msg["memory"], config)
         with self.lock:  # the parameters come with the first PARAMS; nothing is held yet
             self.current: list[np.ndarray | None] = [None] * len(net.parameters)
             self.held = [-1] * len(self.buckets)  # the version of each bucket in `current`
@@ -124,22 +128,32 @@ class Worker:
             os.getpid(),
         )
 
-    def _map(self, memory: dict, shards: int) -> dict | None:
+    def _map(self, memory: dict, config: JobConfig) -> dict | None:
         """Map the server's parameters and this worker's gradient file, if WELCOME offers them
         (memory.py); returns where each tree node's gradient lies in the file."""
         self.shared = None
+        if self.lane is not None:  # connected for an earlier WELCOME, never taken
+            self.lane.close()
+            self.lane = None
         if not memory:
             return None
-        if self.folder is None or set(memory) != {"params", "grads"}:
+        if self.folder is None or not {"params", "grads"} <= set(memory) <= {"params", "grads", "lane"}:
             raise ProtocolError(f"shared memory {memory!r} offered to a worker that cannot map it")
         size, itemsize = self.layout.size, self.dtype.itemsize
-        nodes = tree_nodes(shards)  # a slot each, in this order (the server's too)
+        nodes = tree_nodes(config.shards)  # a slot each, in this order (the server's too)
         try:
             params = open_file(memory["params"], self.folder, 2 * size * itemsize, writable=False)
             grads = open_file(memory["grads"], self.folder, len(nodes) * size * itemsize, writable=True)
         except (OSError, TypeError, ValueError) as e:
             raise ProtocolError(f"cannot map the server's shared memory: {e}") from None
         self.shared = params.array(self.dtype, (2, size))
+        if "lane" in memory:
+            if memory["lane"] != os.path.join(self.folder, LANE_NAME):
+                raise ProtocolError(f"a lane {memory['lane']!r} outside the server's folder {self.folder}")
+            try:
+                self.lane = Lane(memory["lane"], config.timeout)  # a send waits as long
+            except OSError as e:  # everything goes over ZeroMQ then
+                log.warning("worker %d: could not connect the lane %s: %s", self.rank, memory["lane"], e)
         return dict(zip(nodes, grads.array(self.dtype, (len(nodes), size))))
 
     def _update(self, msg: Message) -> None:

@@ -22,12 +22,17 @@ from numpy_cnn.distributed.stats import EpochStats
 from numpy_cnn.distributed.worker import EXIT_REFUSED, EXIT_SERVER_SILENT, Worker, serve
 
 
-def test_workers_notice_a_dead_server_within_the_timeout(mnist_dir, spawn_workers, server_transport):
+@pytest.mark.parametrize("local", [False, True], ids=["tcp", "ipc"])
+def test_workers_notice_a_dead_server_within_the_timeout(
+    mnist_dir, spawn_workers, server_transport, tmp_path, local
+):
     data = load("mnist", str(mnist_dir))
     config = JobConfig("fc-net", workers=2, timeout=1.0, data_dir=str(mnist_dir))
-    transport = server_transport()
+    private = tmp_path / "ipc"
+    private.mkdir(mode=0o700)
+    transport = server_transport(**({"ipc_dir": str(private)} if local else {}))
     server = ParameterServer(config, transport, data)
-    workers = spawn_workers(transport.endpoint, 2)
+    workers = spawn_workers(transport.local_endpoint if local else transport.endpoint, 2)
     server.register()
     transport.close()  # the server's socket is gone, as when its process is killed: no more heartbeats
     gone = time.monotonic()
@@ -38,25 +43,32 @@ def test_workers_notice_a_dead_server_within_the_timeout(mnist_dir, spawn_worker
         assert "has not said anything for 1 s: it is gone or stuck" in out, out
 
 
+@pytest.mark.parametrize("local", [False, True], ids=["tcp", "ipc"])
 def test_workers_rejoin_a_server_that_comes_back_at_the_same_address(
-    mnist_dir, spawn_workers, server_transport, tmp_path
+    mnist_dir, spawn_workers, server_transport, tmp_path, local
 ):
     """With --checkpoint-dir (the launcher can restart the server), a welcomed worker whose server
-    is gone says HELLO again, on a fresh connection, and computes for whichever server welcomes it."""
+    is gone says HELLO again, on a fresh connection, and computes for whichever server welcomes it.
+    Over ipc://, the workers map the server's memory and talk over lanes: both are new ones."""
     data = load("mnist", str(mnist_dir))
     config = JobConfig(
         "fc-net", workers=2, timeout=1.0, data_dir=str(mnist_dir), checkpoint_dir=str(tmp_path / "ck")
     )
-    first = ParameterServer(config, server_transport(), data)
-    workers = spawn_workers(first.transport.endpoint, 2)
+    private = tmp_path / "ipc"
+    private.mkdir(mode=0o700)
+    where = {"ipc_dir": str(private)} if local else {}
+    first = ParameterServer(config, server_transport(**where), data)
+    workers = spawn_workers(first.transport.local_endpoint if local else first.transport.endpoint, 2)
     with threadpool_limits(1):  # as in every worker process: one BLAS thread, the same bits
         first.register()
+        assert len(first.transport.lanes.by_peer if local else {}) == (2 if local else 0)
         first.train_step(0, 0, EpochStats())
         first.transport.close()  # gone without a word, as when its process is killed
-        second = ParameterServer(config, server_transport(bind=first.transport.endpoint), data)
+        second = ParameterServer(config, server_transport(bind=first.transport.endpoint, **where), data)
         start = time.monotonic()
         second.register()  # the same two processes, welcomed again
         assert time.monotonic() - start < 10
+        assert len(second.transport.lanes.by_peer if local else {}) == (2 if local else 0)
         second.train_step(0, 3, EpochStats())
         second.stop_workers(protocol.FINISHED)
         clean = in_process_server(config, data)

@@ -80,7 +80,7 @@ def malformed(rng: np.random.Generator, params: list[np.ndarray], step: int) -> 
     if kind == 13:  # speaking for a live worker: its heartbeat, its READY, its gradient, duplicated
         return [
             protocol.encode(protocol.HEARTBEAT, rank=int(rng.integers(2)), answered=10**6),
-            protocol.encode(protocol.READY, rank=int(rng.integers(2))),
+            protocol.encode(protocol.READY, rank=int(rng.integers(2)), lane=""),
             protocol.encode(protocol.GRADS, grads, **{**fields, "rank": int(rng.integers(2))}),
         ][rng.integers(3)]
     if kind == 14:  # malformed tree nodes: not a node, overlapping, out of range, not pairs

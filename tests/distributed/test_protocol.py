@@ -42,10 +42,10 @@ def test_every_message_type_round_trips():
             "rank": 1,
             "config": {"model": "fc-net"},
             "expect": {"protocol": "3"},
-            "memory": {"params": "/tmp/x/params-1", "grads": "/tmp/x/grads-0-1"},
+            "memory": {"params": "/tmp/x/params-1", "grads": "/tmp/x/grads-0-1", "lane": "/tmp/x/lane"},
         },
         protocol.REFUSE: {"rank": 1, "reason": "model differs"},
-        protocol.READY: {"rank": 1},
+        protocol.READY: {"rank": 1, "lane": "00" * 16},
         protocol.PARAMS: {
             "step": 0,
             "version": 0,
@@ -84,7 +84,7 @@ def _raw(header, *frames):
     return [msgpack.packb(header, use_bin_type=True), *frames]
 
 
-GOOD = {"v": protocol.VERSION, "type": "ready", "rank": 0, "arrays": []}
+GOOD = {"v": protocol.VERSION, "type": "ready", "rank": 0, "lane": "", "arrays": []}
 
 
 @pytest.mark.parametrize(

@@ -3,26 +3,35 @@ old one's state."""
 
 from __future__ import annotations
 
+from numpy_cnn.distributed.lane import Lane, Lanes
 from numpy_cnn.distributed.talk import Talk
 from numpy_cnn.distributed.worker import Worker
 
 
 def test_a_link_lost_while_a_job_computes_is_replaced(tmp_path):
-    """While a job computes, the socket is out of the poll (Talk.run); a connection that drops
-    then must still give way to a fresh Link (it once raised KeyError in Poller.unregister)."""
+    """While a job computes, the socket and the lane are out of the poll (Talk.run); a connection
+    that drops then must still give way to a fresh Link (it once raised KeyError in
+    Poller.unregister), and the old lane must go with the old socket."""
+    lanes = Lanes(str(tmp_path))
     talk = Talk(Worker(0), f"ipc://{tmp_path}/server", keys=None, join_timeout=5.0)
     try:
         old = talk.link
+        with talk.lock:  # READY sent: the lane is the Link's, and in the poll
+            old.adopt(Lane(lanes.path, 5.0))
+            talk._listen(True)
+        assert {s for s, _ in talk.poller.sockets} >= {old.socket, old.lane.fileno()}
         with talk.lock:  # what run does when a job starts computing
-            talk.poller.unregister(old.socket)
-        talk.listening = False
+            talk._listen(False)
         talk._connect()  # what _lost does
-        assert talk.link is not old and old.socket.closed and talk.listening
+        assert talk.link is not old and old.socket.closed and talk.listening and talk.link.lane is None
+        assert old.lane.socket.fileno() == -1  # closed
         registered = [s for s, _ in talk.poller.sockets]
         assert talk.link.socket in registered and talk.link.monitor in registered
         assert old.socket not in registered and old.monitor not in registered
+        assert len(registered) == 3  # with the compute thread's pipe: nothing of the old Link's
     finally:
         talk.close()
+        lanes.close()
 
 
 def test_the_compute_thread_takes_its_next_job_off_the_socket_itself(tmp_path, mnist_dir):
