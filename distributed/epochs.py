@@ -43,9 +43,8 @@ def run(server) -> list[dict]:
             start = time.perf_counter()
             for index in indices:
                 before = stats.totals()
-                server.trace.at_step(server.step + 1)
-                with server.trace.span("step", step=server.step + 1):
-                    server.train_step(epoch, index, stats)
+                following = (epoch, index + 1) if index + 1 < indices.stop else None  # not past an epoch
+                server.train_step(epoch, index, stats, following)  # traces its step (its own span)
                 book.stepped(server.step, epoch, index + 1)
                 lr = config.lr_at(server.step - 1, server.per_epoch)
                 steps.add(server.step, epoch + 1, lr, **stats.since(before))

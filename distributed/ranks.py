@@ -6,6 +6,7 @@ Any split gives the same sum, because every piece is a node of numpy_cnn.shards'
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from numpy_cnn.shards import Node, children, cover, leaves_of, shard_bounds
@@ -47,6 +48,11 @@ def share(nodes: Sequence[Node], ranks: Sequence[int], shards: int) -> dict[int,
 
 def plan(alive: Sequence[int], workers: int, shards: int) -> dict[int, list[Node]]:
     """Which nodes each live rank computes: its own shards, plus a share of the missing ranks'."""
+    return {r: list(nodes) for r, nodes in _plan(tuple(alive), workers, shards).items()}
+
+
+@functools.lru_cache(maxsize=64)  # the server plans every step, between the last update and the PARAMS
+def _plan(alive: tuple[int, ...], workers: int, shards: int) -> dict[int, list[Node]]:
     own = {r: cover(*worker_shards(r, workers, shards), shards) for r in range(workers)}
     result = {r: list(own[r]) for r in alive}
     missing = [node for r in range(workers) if r not in result for node in own[r]]

@@ -23,13 +23,13 @@ from numpy_cnn.optim import Adam
 from numpy_cnn.shards import Node
 from numpy_cnn.trace import OFF
 
-from . import agreement, epochs, protocol
+from . import accept, agreement, epochs, protocol
 from .config import JobConfig
 from .ledger import Owed, StepLedger
 from .members import DEBUGGER_HINT, Member, WorkerLost
 from .memory import ServerFiles
 from .protocol import HEARTBEATS_PER_TIMEOUT, Message, ProtocolError
-from .ranks import parse_nodes, plan, share
+from .ranks import plan, share
 from .stats import EpochStats, boot_id, taken_after
 from .transport import Transport
 from .updates import BucketUpdates
@@ -69,6 +69,8 @@ class ParameterServer:
         self.update_s = 0.0  # this step's time in summing, Adam and sending updates
         self.sent_at = [0.0] * len(self.buckets)  # when each bucket's update went out, this step
         self.last_start: tuple[int, float] | None = None  # the step before this one, and its start
+        self.begun: tuple[int, int, int] | None = None  # (step, epoch, index) whose PARAMS went out
+        self.opened: tuple = ()  # what _begin noted of that step for its statistics
         self.identity = agreement.identity(self.net, config.dataset)  # what every worker must share
         self.boot = boot_id()
         self.shape = input_shape(config.model, self.data)
@@ -126,7 +128,7 @@ class ParameterServer:
         if msg.type == protocol.HELLO:
             self._hello(peer, msg)
         elif msg.type == protocol.GRADS:
-            reason = self._check_grads(peer, msg)
+            reason = accept.why_not(self, peer, msg)
             if reason is not None:
                 self._reject(peer, reason)
             elif self.ledger.complete(self.ledger.accept(msg)):
@@ -320,54 +322,55 @@ class ParameterServer:
 
         self._serve(done)
 
-    def _check_grads(self, peer: bytes, msg: Message) -> str | None:
-        """Why this GRADS message is not an expected answer to the current step, or None if it is."""
-        rank = self.ranks.get(peer)
-        if rank is None:
-            return "not a registered worker"
-        if msg["rank"] != rank:
-            return f"claims rank {msg['rank']} on the connection of rank {rank}"
-        if msg["step"] != self.step or msg["version"] != self.version:
-            return (
-                f"step {msg['step']} version {msg['version']}, "
-                f"expected step {self.step} version {self.version}"
-            )
-        if msg["shared"]:  # the sums are in its gradient file: read them where they lie
-            if rank not in self.files.grads or msg.arrays:
-                return "shared gradients from a worker that has no gradient file, or with arrays too"
-            try:
-                msg.arrays = self.files.sums(
-                    rank, msg["bucket"], parse_nodes(msg["nodes"], self.config.shards)
-                )
-            except ValueError as e:
-                return str(e)
-        reason = self.ledger.check(rank, msg)
-        if reason is not None:
-            return reason
-        taken = msg["taken"]
-        if len(taken) != len(self.buckets) or not all(type(t) is float and t >= 0.0 for t in taken):
-            return f"taken {taken!r:.200} is not {len(self.buckets)} times, one per bucket"
-        shape, dtype = (self.layout.length(msg["bucket"]),), self.params[0].dtype
-        for i, a in enumerate(msg.arrays):  # one flat array per node
-            if a.shape != shape or a.dtype != dtype:
-                return f"array {i} is {a.dtype} {a.shape}, expected {dtype} {shape}"
-        return None
-
     # -- training -----------------------------------------------------------------------------
 
-    def train_step(self, epoch: int, index: int, stats: EpochStats) -> None:
-        """One synchronous step on global batch `index` of `epoch`; adds to `stats`."""
-        sent, received = self.transport.sent_bytes, self.transport.received_bytes
+    def train_step(
+        self, epoch: int, index: int, stats: EpochStats, following: tuple[int, int] | None = None
+    ) -> None:
+        """One synchronous step on global batch `index` of `epoch`; adds to `stats`. With
+        `following` (epoch, index), the next step's PARAMS go out as soon as this step's last
+        bucket is updated, before this step's bookkeeping and the caller's: the workers' forward
+        pass waits for nothing else. Nothing changes the parameters or Adam until the next call
+        takes messages again, so a checkpoint between the two holds this step's state."""
+        if self.begun != (self.step, epoch, index):
+            self._begin(epoch, index)
+        self.updates.begin(self.config.lr_at(self.step, self.per_epoch))  # Adam: bucket by bucket (_reduce)
+        self.trace.phase("receive gradients")  # each bucket's sum, Adam and update inside (_reduce)
+        self._serve(lambda: self.ledger.finished)
+        self.trace.phase(None)
+        end, ended = time.perf_counter(), time.monotonic()
+        moved = self.transport.sent_bytes + self.transport.received_bytes
+        n, start, began, before, sent, received = self.opened
+        if self.trace.active:  # from its PARAMS to its last update (the next step's begin after it)
+            self.trace.complete("step", began, ended, step=self.step + 1)
+        self.step += 1
+        self.version += 1
+        ledger, sent_at, update_s = self.ledger, list(self.sent_at), self.update_s
+        answers, timing = ledger.answers, (ledger.ready, ledger.came_in, sent_at)  # start() makes new ones
+        if following is not None and self.transport.parallel:  # in-process workers would compute it now
+            self._begin(*following)
+        local = all(self.members[m["rank"]].boot == self.boot for m in answers if m["rank"] in self.members)
+        clock = (began, ended) if local and self.boot else None  # the workers' clock is the server's
+        taken = taken_after(answers, before, self.step - 1) if clock else None
+        stats.add_step(n, answers, (start, end), clock, update_s, self.transport.parallel, timing, taken)
+        stats.bytes += moved - sent - received
+
+    def _begin(self, epoch: int, index: int) -> None:
+        """Start step `self.step` on batch `index` of `epoch`: plan it, and send every worker its
+        PARAMS (with the parameters it lacks)."""
         config = self.config
-        n = len(
-            global_batch(len(self.data.train), config.batch_size, config.seed, epoch, index, config.max_shift)
+        batch = global_batch(
+            len(self.data.train), config.batch_size, config.seed, epoch, index, config.max_shift
         )
+        n, self.begun = len(batch), (self.step, epoch, index)
         start, began = time.perf_counter(), time.monotonic()
-        before, self.last_start = self.last_start, (self.step, began)
-        self.batch = (epoch, index)
+        self.trace.at_step(self.step + 1)
         self.trace.phase("send parameters")
+        transport = self.transport
+        self.opened = (n, start, began, self.last_start, transport.sent_bytes, transport.received_bytes)
+        self.last_start = (self.step, began)
+        self.batch = (epoch, index)
         self.update_s = 0.0
-        self.updates.begin(config.lr_at(self.step, self.per_epoch))  # Adam: bucket by bucket (_reduce)
         ready = self.ready_ranks()
         work = plan(ready, config.workers, config.shards) if ready else {}
         self.ledger.start(n, work)
@@ -383,24 +386,7 @@ class ParameterServer:
                 # the last step's last bucket, and all of them for a worker that is new or was lent
                 lacks = [b for b, h in enumerate(self.members[rank].held) if h != self.version]
                 self._send_params(rank, nodes, every, lacks)
-        self.trace.phase("receive gradients")  # each bucket's sum, Adam and update inside (_reduce)
-        self._serve(lambda: self.ledger.finished)
         self.trace.phase(None)
-        self.step += 1
-        self.version += 1
-        answers, ledger = self.ledger.answers, self.ledger
-        local = all(self.members[m["rank"]].boot == self.boot for m in answers if m["rank"] in self.members)
-        stats.add_step(
-            n,
-            answers,
-            (start, time.perf_counter()),
-            (began, time.monotonic()) if local and self.boot else None,
-            self.update_s,
-            self.transport.parallel,
-            (ledger.ready, ledger.came_in, self.sent_at),
-            taken_after(answers, before, self.step - 1) if local and self.boot else None,
-        )
-        stats.bytes += self.transport.sent_bytes - sent + self.transport.received_bytes - received
 
     def _reduce(self, bucket: int) -> None:
         """Every node of `bucket` is in: sum it up the tree, check it, run Adam on it alone and send

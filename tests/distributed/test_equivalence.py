@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import assert_close
+from threadpoolctl import threadpool_limits
 
 from numpy_cnn.data import batches, load, steps_per_epoch
 from numpy_cnn.distributed import protocol
@@ -139,3 +140,41 @@ def test_one_bucket_sends_no_updates_and_streamed_buckets_give_the_same_bits(mni
             assert len(server.buckets) == 3 and kinds.count(protocol.UPDATE) == 2 * 3
             assert carried == [3, 1, 1]  # every bucket, then the two convolutions' (a flat array each)
     assert runs["one"] == runs["stream"]
+
+
+def test_the_next_step_starts_before_the_step_is_booked_and_keeps_the_bits(
+    mnist, mnist_dir, spawn_workers, server_transport, tmp_path
+):
+    """With `following`, the next step's PARAMS go out as soon as a step's last bucket is updated:
+    the workers compute it while the server books the step (statistics, a checkpoint), which must
+    still see the step's own state (Adam's count not yet moved). Over ipc://, with lanes."""
+    config = JobConfig("fc-net", workers=2, seed=3, data_dir=str(mnist_dir))
+    private = tmp_path / "ipc"
+    private.mkdir(mode=0o700)
+    transport = server_transport(ipc_dir=str(private))
+    try:
+        server = ParameterServer(config, transport, mnist)
+        processes = spawn_workers(transport.local_endpoint, 2)
+        server.register()
+        stats = EpochStats()
+        server.train_step(0, 0, stats, following=(0, 1))
+        assert server.step == 1 and server.optimizer.t == 1 and server.begun == (1, 0, 1)
+        assert len(server.ledger.owed_by(0)) == len(server.ledger.owed_by(1)) == 1  # step 1, out
+        peer, frames = transport.recv(10.0)  # already computed, nothing else asked for
+        early = protocol.decode(frames)
+        assert early.type == protocol.GRADS and early["step"] == 1
+        server._on_message(peer, frames)
+        server.train_step(0, 1, stats)
+        assert stats.steps == 2 and stats.samples == 2 * config.batch_size
+        server.stop_workers(protocol.FINISHED)
+    finally:
+        transport.close(linger=5.0)
+    for p in processes:
+        assert p.wait(timeout=30) == 0, p.stdout.read().decode()
+    with threadpool_limits(1):  # as in every worker process: one BLAS thread, the same bits
+        clean = in_process_server(config, mnist)
+        clean.register()
+        for index in (0, 1):
+            clean.train_step(0, index, EpochStats())
+    for a, b in zip(server.params, clean.params):
+        assert a.data.tobytes() == b.data.tobytes()
