@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 
 from threadpoolctl import threadpool_limits
@@ -53,6 +54,12 @@ def server_main(argv: list[str] | None = None) -> int:
         help="folder with server.key_secret and worker.key (written by `launch keygen`); "
         "default: derived from the job token in $NUMPY_CNN_TOKEN",
     )
+    parser.add_argument(
+        "--temporary-keys",
+        action="store_true",
+        help="the --keys folder is a key set the launcher made for this job: with --watch-stdin, "
+        "remove it when the launcher is gone",
+    )
     parser.add_argument("--watch-stdin", action="store_true", help="exit when standard input closes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
@@ -60,9 +67,18 @@ def server_main(argv: list[str] | None = None) -> int:
         config = JobConfig.from_dict(json.loads(args.config))
     except (ValueError, TypeError) as e:
         parser.error(f"--config: {e}")
+    if args.temporary_keys and args.keys is None:
+        parser.error("--temporary-keys needs --keys DIR")
     made: list[ZmqServerTransport] = []  # its shared files go when the launcher does (memory.py)
+
+    def orphaned() -> None:  # what a killed launcher could not remove: nobody else will
+        for transport in made:
+            transport.remove_files(folder=True)
+        if args.temporary_keys:
+            shutil.rmtree(args.keys, ignore_errors=True)
+
     if args.watch_stdin:
-        exit_when_stdin_closes("server", lambda: [transport.remove_files(folder=True) for transport in made])
+        exit_when_stdin_closes("server", orphaned)
     events_file = os.fdopen(args.events_fd, "w", buffering=1) if args.events_fd is not None else None
 
     def events(event: dict) -> None:

@@ -70,6 +70,7 @@ class Job:
         self.events: queue.Queue[dict] = queue.Queue()
         self.bind = bind
         self.keys_dir = keys_dir
+        self.own_keys = False  # keys_dir is a key set made for this job alone (TemporaryKeys)
         self.local_workers = config.workers if local_workers is None else local_workers
         self.ranks = range(self.local_workers) if ranks is None else ranks
         self.local_workers = len(self.ranks)
@@ -103,7 +104,7 @@ class Job:
             if self.keys_dir is not None or self.token is not None:
                 return self._run()
             with TemporaryKeys() as folder:  # a fresh key set, only for this job
-                self.keys_dir = str(folder)
+                self.keys_dir, self.own_keys = str(folder), True
                 return self._run()
         except KeyboardInterrupt:
             self.say("interrupted; stopping every process")
@@ -222,6 +223,8 @@ class Job:
                     "--bind",
                     bind,
                     *self._keys_args(),
+                    # the server removes this job's own key set if the launcher is killed
+                    *(["--temporary-keys"] if self.own_keys else []),
                     *self.server_args,
                 ],
                 pass_fds=(write_fd,),

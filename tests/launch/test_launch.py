@@ -325,9 +325,12 @@ def test_children_do_not_outlive_a_killed_launcher(mnist_dir, running):
     server = Path(f"/proc/{pids['server']}/cmdline").read_bytes().split(b"\0")
     folder = Path(os.fsdecode(server[server.index(b"--ipc-dir") + 1]))  # the job's private folder
     assert [p.name for p in folder.glob("params-*")]  # the parameters it shares with its workers
+    keys = Path(os.fsdecode(server[server.index(b"--keys") + 1]))  # the key set made for this job
+    assert b"--temporary-keys" in server and (keys / "server.key_secret").exists()
     job.process.kill()  # SIGKILL: the launcher cannot clean up; the lifelines must
     assert wait_gone(list(pids.values()), timeout=10) == []
-    assert not folder.exists()  # the server removed its files, its socket and the folder
+    assert not folder.exists()  # the server removed its files, its socket, its lanes and the folder
+    assert not keys.exists()  # and the job's secret keys
 
 
 @pytest.mark.parametrize(
