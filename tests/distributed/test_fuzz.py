@@ -15,6 +15,7 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
+from threadpoolctl import threadpool_limits
 
 from numpy_cnn import buckets, checkpoint
 from numpy_cnn.data import load
@@ -25,6 +26,9 @@ from numpy_cnn.distributed.server import ParameterServer
 from numpy_cnn.distributed.transport import LocalTransport
 from numpy_cnn.distributed.worker import Worker
 from numpy_cnn.models import build
+
+GRADS_FIELDS = dict(step=1, version=1, bucket=0, rank=0, nodes=[[0, 2]], counts=[32], loss=1.0, correct=1)
+GRADS_FIELDS.update(compute_s=0.001, started=1.0, taken=[0.0], shared=True)
 
 
 def malformed(rng: np.random.Generator, params: list[np.ndarray], step: int) -> list[bytes]:
@@ -277,5 +281,80 @@ def test_forged_bucket_messages_from_a_registered_worker_are_each_rejected(mnist
         assert reason in caplog.text, reason
     clean = in_process_server(config, data)
     clean.run()
+    for a, b in zip(server.params, clean.params):
+        assert a.data.tobytes() == b.data.tobytes()
+
+
+def test_strangers_on_the_lanes_socket_get_nothing_through(
+    mnist_dir, spawn_workers, server_transport, tmp_path
+):
+    """Two real workers train over ipc:// and lanes while a local stranger connects to the lanes'
+    socket again and again, sends no token, a wrong one, a real worker's READY token replayed,
+    garbage and forged gradients on unclaimed lanes, and READY with guessed tokens over ipc://.
+    Nothing of it is read as a message: only the workers' own lanes are claimed, each stranger's
+    READY is rejected, and the weights are a clean run's."""
+    from numpy_cnn.distributed.lane import TOKEN_BYTES
+
+    data = load("mnist", str(mnist_dir))
+    config = JobConfig("fc-net", workers=2, max_steps=60, epochs=1, data_dir=str(mnist_dir))
+    private = tmp_path / "ipc"
+    private.mkdir(mode=0o700)
+    transport = server_transport(ipc_dir=str(private))
+    stop, tries = threading.Event(), [0]
+    grads = protocol.encode(protocol.GRADS, **{**GRADS_FIELDS, "rank": 0})
+
+    def stranger() -> None:
+        import socket
+
+        rng = np.random.default_rng(1)
+        context = zmq.Context()
+        dealer = context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(transport.local_endpoint)
+        opened = []
+        try:
+            while not stop.is_set() and tries[0] < 400:
+                lane = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                opened.append(lane)
+                lane.settimeout(0.2)
+                try:  # nobody accepts a stranger's connection: the listen queue fills (128)
+                    lane.connect(str(private / "lane"))
+                except OSError:
+                    lane = None
+                first = [b"", rng.bytes(TOKEN_BYTES), rng.bytes(TOKEN_BYTES + 1)][tries[0] % 3]
+                for packet in ([first] if first else []) + [grads[0], rng.bytes(64)]:
+                    try:
+                        lane.send(packet) if lane is not None else None
+                    except OSError:
+                        break  # its queue is full, or the server closed it
+                guess = first.hex() if len(first) == TOKEN_BYTES else rng.bytes(TOKEN_BYTES).hex()
+                dealer.send_multipart(protocol.encode(protocol.READY, rank=tries[0] % 2, lane=guess))
+                tries[0] += 1
+                time.sleep(0.002)
+        finally:
+            for lane in opened:
+                lane.close()
+            dealer.close()
+            context.term()
+
+    try:
+        server = ParameterServer(config, transport, data)
+        spawn_workers(transport.local_endpoint, 2)
+        server.register()
+        assert len(transport.lanes.by_peer) == 2
+        hail = threading.Thread(target=stranger, daemon=True)
+        hail.start()
+        server.run()
+        assert len(transport.lanes.by_peer) == 2  # the workers' own, and no other
+        assert len(transport.lanes.unclaimed) <= 64
+    finally:
+        stop.set()
+        transport.close(linger=5.0)
+    hail.join(timeout=10)
+    assert not hail.is_alive() and tries[0] >= 50, tries
+    assert server.rejected >= 50  # the strangers' READYs that came while it trained
+    with threadpool_limits(1):  # as in every worker process: one BLAS thread, the same bits
+        clean = in_process_server(config, data)
+        clean.run()
     for a, b in zip(server.params, clean.params):
         assert a.data.tobytes() == b.data.tobytes()
