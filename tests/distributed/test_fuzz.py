@@ -1,15 +1,19 @@
 """A live server under a hail of malformed messages: it stays up and its weights do not change.
 
-The server trains in this process with two real worker processes; meanwhile a fuzzer connects
-its own sockets to the same port and sends thousands of messages of every malformed kind. The
+The server trains in this process with two real worker processes; meanwhile a fuzzer process
+connects its own socket to the same port and sends thousands of messages of every malformed kind. The
 final weights must be bitwise those of an undisturbed run.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -99,39 +103,48 @@ def malformed(rng: np.random.Generator, params: list[np.ndarray], step: int) -> 
     ]
 
 
-def fuzz(endpoint: str, key_dir, server: ParameterServer, stop: threading.Event, sent: list[int]) -> None:
+def fuzz(endpoint: str, key_dir: str, model: str) -> None:
+    """The hostile peer, in a process of its own (a libzmq 4.3 assertion can abort a process that
+    closes a socket mid-message: it must not be the test's). Its stdin brings the server's step,
+    a line at a time, and closes when the hail must end; it then prints what it sent and got."""
     rng = np.random.default_rng(0)
-    params = [p.data.copy() for p in server.params]
+    params = [p.data.copy() for p in build(model).parameters]
     held = keys.read(key_dir, keys.WORKER)  # the job's own worker key: a buggy or compromised peer
+    step, sent, got = [0], 0, 0
+
+    def read_steps() -> None:
+        for line in sys.stdin:
+            step[0] = int(line)
+        step[0] = -1  # the test is over
+
+    threading.Thread(target=read_steps, daemon=True).start()
+    # a key holder may claim a rank nobody holds yet (the key is what guards registration), so
+    # the hail starts once both workers are in; then every HELLO names a taken rank
+    deadline = time.monotonic() + 120
+    while step[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
     context = zmq.Context()
-    sock = None
-    try:
-        while not stop.is_set() and server.step < 1:
-            # a key holder may claim a rank nobody holds yet (the key is what guards registration),
-            # so the hail starts once both workers are in; then every HELLO names a taken rank
-            time.sleep(0.01)
-        # one socket throughout: when the server drops it for an oversized frame, it reconnects by
-        # itself (closing sockets mid-message trips a libzmq 4.3 assertion in the closing process)
-        sock = context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL, 10)
-        sock.curve_secretkey, sock.curve_publickey = held.secret, held.public
-        sock.curve_serverkey = held.peer_public
-        sock.connect(endpoint)
-        while not stop.is_set():
-            try:
-                sock.send_multipart(malformed(rng, params, server.step), flags=zmq.NOBLOCK)
-                sent[0] += 1
-            except zmq.Again:
-                time.sleep(0.001)
-            if sock.poll(0):
-                sock.recv_multipart()  # the server never answers a stranger; if it did, read it
-                sent[1] += 1
-    finally:
-        if sock is not None:
-            sock.close(linger=0)
-        context.term()
+    # one socket throughout: when the server drops it for an oversized frame, it reconnects by
+    # itself (closing sockets mid-message trips a libzmq 4.3 assertion in the closing process)
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 100)
+    sock.setsockopt(zmq.RECONNECT_IVL, 10)
+    sock.curve_secretkey, sock.curve_publickey = held.secret, held.public
+    sock.curve_serverkey = held.peer_public
+    sock.connect(endpoint)
+    while step[0] > 0 and time.monotonic() < deadline:
+        try:
+            sock.send_multipart(malformed(rng, params, step[0]), flags=zmq.NOBLOCK)
+            sent += 1
+        except zmq.Again:
+            time.sleep(0.001)
+        if sock.poll(0):
+            sock.recv_multipart()  # the server never answers a stranger; if it did, read it
+            got += 1
+    print(json.dumps({"sent": sent, "answered": got}), flush=True)
+    sock.close(linger=0)
+    context.term()
 
 
 def test_server_survives_thousands_of_malformed_messages(
@@ -141,22 +154,44 @@ def test_server_survives_thousands_of_malformed_messages(
     config = JobConfig("conv-net", workers=2, max_steps=300, epochs=1, data_dir=str(mnist_dir))
     largest = buckets.largest_bytes(build(config.model), config.bucket_cap)
     transport = server_transport(max_message_bytes=max(largest, protocol.MAX_HEADER_BYTES))
-    stop, sent = threading.Event(), [0, 0]
+    here = str(Path(__file__).parent)
+    code = f"import sys; sys.path.insert(0, {here!r}); import test_fuzz; test_fuzz.fuzz(*sys.argv[1:])"
+    stop = threading.Event()
+    server = ParameterServer(config, transport, data)
+    fuzzer = subprocess.Popen(
+        [sys.executable, "-c", code, transport.endpoint, str(job_keys), config.model],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+    def tell_steps() -> None:  # the step, for stale, current and future messages
+        while not stop.is_set():
+            try:
+                fuzzer.stdin.write(f"{server.step}\n")
+                fuzzer.stdin.flush()
+            except (BrokenPipeError, ValueError):
+                return
+            time.sleep(0.01)
+
+    teller = threading.Thread(target=tell_steps, daemon=True)
     try:
-        server = ParameterServer(config, transport, data)
+        teller.start()
         spawn_workers(transport.endpoint, 2)
-        fuzzer = threading.Thread(
-            target=fuzz, args=(transport.endpoint, job_keys, server, stop, sent), daemon=True
-        )
-        fuzzer.start()
         server.run()
     finally:
         stop.set()
         transport.close(linger=5.0)
-    fuzzer.join(timeout=10)
-    assert not fuzzer.is_alive()
-    assert sent[0] >= 2000, f"only {sent[0]} messages were sent while the server trained"
-    assert sent[1] == 0, "the server answered a stranger"
+        teller.join(timeout=5)
+        try:
+            out, _ = fuzzer.communicate(timeout=30)  # its stdin closes: it stops, says what it did
+        finally:
+            fuzzer.kill()
+            fuzzer.wait(timeout=10)
+    # only its counts matter: whether its own libzmq survives closing its socket is not the server's
+    report = json.loads(out.splitlines()[0])
+    assert report["sent"] >= 2000, f"only {report['sent']} messages were sent while the server trained"
+    assert report["answered"] == 0, "the server answered a stranger"
     assert server.rejected >= 1000
 
     clean = in_process_server(config, data)
