@@ -32,7 +32,7 @@ log = logging.getLogger("numpy_cnn.distributed.lane")
 
 NAME = "lane"  # the listening socket, in the server's private folder
 TOKEN_BYTES = 16
-MAX_UNCLAIMED = 64  # connections whose READY has not come: a flood of them drops the oldest
+MAX_UNCLAIMED = 256  # connections whose READY has not come: a flood of them drops the oldest
 PACKET_BYTES = MAX_HEADER_BYTES + 1  # a longer packet would be cut off: one byte more shows it
 
 
@@ -88,6 +88,10 @@ class Lanes:
         None if no such connection came (the worker connected before it sent READY)."""
         self._accept()
         connection = self.unclaimed.pop(bytes.fromhex(token), None) if _is_token(token) else None
+        for waiting in (self.accepted, self.unclaimed):  # bounded, the newest kept
+            while len(waiting) > MAX_UNCLAIMED:
+                oldest = waiting.pop(0) if isinstance(waiting, list) else waiting.pop(next(iter(waiting)))
+                oldest.close()
         if connection is not None:
             self.drop(peer)
             self.by_peer[peer] = connection
@@ -111,8 +115,6 @@ class Lanes:
                 connection.close()
                 continue
             self.unclaimed[token] = connection
-            while len(self.unclaimed) > MAX_UNCLAIMED:
-                self.unclaimed.pop(next(iter(self.unclaimed))).close()
 
     def send(self, peer: bytes, frames: Sequence[Any]) -> bool:
         """Send on `peer`'s lane; False if it has none. ConnectionError if the packet cannot go

@@ -71,6 +71,7 @@ class ParameterServer:
         self.last_start: tuple[int, float] | None = None  # the step before this one, and its start
         self.begun: tuple[int, int, int] | None = None  # (step, epoch, index) whose PARAMS went out
         self.opened: tuple = ()  # what _begin noted of that step for its statistics
+        self.aborted: WorkerLost | None = None  # raised by the next train_step
         self.identity = agreement.identity(self.net, config.dataset)  # what every worker must share
         self.boot = boot_id()
         self.shape = input_shape(config.model, self.data)
@@ -332,6 +333,8 @@ class ParameterServer:
         bucket is updated, before this step's bookkeeping and the caller's: the workers' forward
         pass waits for nothing else. Nothing changes the parameters or Adam until the next call
         takes messages again, so a checkpoint between the two holds this step's state."""
+        if self.aborted is not None:  # sending this step's PARAMS lost a worker (abort)
+            raise self.aborted
         if self.begun != (self.step, epoch, index):
             self._begin(epoch, index)
         self.updates.begin(self.config.lr_at(self.step, self.per_epoch))  # Adam: bucket by bucket (_reduce)
@@ -347,9 +350,12 @@ class ParameterServer:
         self.version += 1
         ledger, sent_at, update_s = self.ledger, list(self.sent_at), self.update_s
         answers, timing = ledger.answers, (ledger.ready, ledger.came_in, sent_at)  # start() makes new ones
-        if following is not None and self.transport.parallel:  # in-process workers would compute it now
-            self._begin(*following)
         local = all(self.members[m["rank"]].boot == self.boot for m in answers if m["rank"] in self.members)
+        if following is not None and self.transport.parallel:  # in-process workers would compute it now
+            try:
+                self._begin(*following)
+            except WorkerLost as e:  # raised by the next call: this step is booked (and checkpointed)
+                self.aborted = e
         clock = (began, ended) if local and self.boot else None  # the workers' clock is the server's
         taken = taken_after(answers, before, self.step - 1) if clock else None
         stats.add_step(n, answers, (start, end), clock, update_s, self.transport.parallel, timing, taken)

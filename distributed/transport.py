@@ -193,6 +193,7 @@ class ZmqServerTransport:
         return None if self.lanes is None else self.lanes.path
 
     def claim(self, peer: bytes, token: str) -> bool:
+        self.forget(peer)  # a lane it had before, out of the poll before it closes
         connection = None if self.lanes is None else self.lanes.claim(peer, token)
         if connection is not None:
             self.poller.register(connection.fileno(), zmq.POLLIN)
