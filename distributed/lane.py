@@ -88,10 +88,10 @@ class Lanes:
         None if no such connection came (the worker connected before it sent READY)."""
         self._accept()
         connection = self.unclaimed.pop(bytes.fromhex(token), None) if _is_token(token) else None
-        for waiting in (self.accepted, self.unclaimed):  # bounded, the newest kept
-            while len(waiting) > MAX_UNCLAIMED:
-                oldest = waiting.pop(0) if isinstance(waiting, list) else waiting.pop(next(iter(waiting)))
-                oldest.close()
+        while len(self.accepted) > MAX_UNCLAIMED:  # bounded, the newest kept
+            self.accepted.pop(0).close()
+        while len(self.unclaimed) > MAX_UNCLAIMED:
+            self.unclaimed.pop(next(iter(self.unclaimed))).close()
         if connection is not None:
             self.drop(peer)
             self.by_peer[peer] = connection
