@@ -38,6 +38,20 @@ class ServerSilent(TimeoutError):
     """The server, after welcoming this worker, said nothing for the job's --timeout."""
 
 
+def batch_policy() -> None:
+    """Mark the calling thread CPU-bound for Linux's scheduler: SCHED_BATCH, at the same nice
+    value, which needs no privilege. Woken, a batch thread does not preempt the thread running on
+    its core. The server wakes its workers one PARAMS after another, and a worker woken on the
+    server's core used to take that core in the middle of the sends, holding up the next worker's
+    PARAMS: 2.4 ms at the 90th percentile, at 2 workers on 2 cores. The server stays a normal
+    thread, so a GRADS still gets it a core at once. Elsewhere (no SCHED_BATCH), nothing changes."""
+    if hasattr(os, "SCHED_BATCH"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))  # 0: this thread
+        except OSError as e:  # e.g. a seccomp policy that forbids it: only slower
+            log.debug("worker: SCHED_BATCH not set: %s", e)
+
+
 class ComputeThread:
     """One daemon thread that runs `worker.handle` on the jobs the talking thread gives it, and,
     after a gradient job, fetches the next one from the socket itself (Talk.next_job).
@@ -49,7 +63,8 @@ class ComputeThread:
     threads: on a machine whose cores the workers fill, each wake-up and each pass of the
     interpreter from one thread to the other sat on the step's critical path. It hands the work
     back to the talking thread (a result, and a byte on a pipe that wakes its poll) when a job
-    fails, when something other than a job comes, or when the Link changes. A daemon, so a
+    fails, when something other than a job comes, or when the Link changes. It runs under
+    SCHED_BATCH (batch_policy), the talking thread as a normal thread. A daemon, so a
     computation that hangs never keeps the process from exiting. The pipe is never closed: the
     thread may still write to it after the talking thread has given up, and the process ends soon
     after.
@@ -84,6 +99,7 @@ class ComputeThread:
         return replies
 
     def _run(self) -> None:
+        batch_policy()
         while True:
             msg: Message | None = self.jobs.get()
             replies: list = []

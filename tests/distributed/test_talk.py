@@ -37,7 +37,9 @@ def test_a_link_lost_while_a_job_computes_is_replaced(tmp_path):
 def test_the_compute_thread_takes_its_next_job_off_the_socket_itself(tmp_path, mnist_dir):
     """After a gradient job the compute thread makes the next batch and takes the next PARAMS off
     the socket itself (Talk.next_job), without the talking thread; every job is still answered,
-    counted in the heartbeats, and a STOP that comes while it waits ends the worker."""
+    counted in the heartbeats, and a STOP that comes while it waits ends the worker. On Linux the
+    compute thread runs under SCHED_BATCH (talk.batch_policy), the talking thread as before."""
+    import os
     import threading
 
     import numpy as np
@@ -53,8 +55,11 @@ def test_the_compute_thread_takes_its_next_job_off_the_socket_itself(tmp_path, m
             super()._take()
             if len(self.todo) > before and self.todo[-1].type == protocol.PARAMS:
                 taken_on.append(threading.current_thread().name)
+                if hasattr(os, "SCHED_BATCH"):  # 0: the calling thread
+                    policies.add((threading.current_thread().name, os.sched_getscheduler(0)))
 
     taken_on: list[str] = []
+    policies: set[tuple[str, int]] = set()
     config = JobConfig("fc-net", workers=1, shards=2, buckets="one", timeout=5.0, data_dir=str(mnist_dir))
     net = build("fc-net", seed=config.seed)
     weights = np.concatenate([p.data.ravel() for p in net.parameters])  # one bucket, flat
@@ -98,6 +103,9 @@ def test_the_compute_thread_takes_its_next_job_off_the_socket_itself(tmp_path, m
             raise AssertionError("the heartbeats never said every job was answered")
         assert taken_on[0] == "talk"  # the first job comes to the talking thread
         assert taken_on[1:].count("compute") >= jobs - 2, taken_on  # a heartbeat's wake may take one
+        if hasattr(os, "SCHED_BATCH"):
+            assert ("compute", os.SCHED_BATCH) in policies and ("talk", os.SCHED_OTHER) in policies, policies
+            assert {policy for name, policy in policies if name == "compute"} == {os.SCHED_BATCH}
         server.send_multipart([peer, *protocol.encode(protocol.STOP, reason="test over")])
         thread.join(timeout=5.0)
         assert not thread.is_alive() and talk.worker.stop_reason == "test over"
