@@ -12,6 +12,11 @@ from numpy_cnn.config import Config
 
 FAILURE_POLICIES = ("reassign", "abort")
 BUCKET_MODES = ("auto", "stream", "one")  # --buckets
+# How long a worker's compute thread polls for its next PARAMS before it sleeps, where every worker
+# of the job can have a core of its machine (Talk._spin): a sleeping core of a virtual machine
+# wakes slowly. $NUMPY_CNN_SPIN_US sets it, in microseconds (0: never).
+SPIN_ENV = "NUMPY_CNN_SPIN_US"
+SPIN_S = 0.001
 
 
 @dataclass
@@ -91,3 +96,16 @@ def local_buckets(mode: str, processes: int, cores: int | None = None) -> tuple[
         f"{processes} processes on {cores} cores: each worker sends its gradients in one message "
         "per step (--buckets stream sends them bucket by bucket)"
     )
+
+
+def spin_seconds(value: str | None) -> float | None:
+    """$NUMPY_CNN_SPIN_US in seconds; None where it is unset or empty (the default applies)."""
+    if value is None or not value.strip():
+        return None
+    try:
+        us = int(value)
+    except ValueError:
+        us = -1
+    if not 0 <= us <= 1_000_000:
+        raise ValueError(f"{SPIN_ENV} must be whole microseconds from 0 to 1000000, got {value!r}")
+    return us / 1e6

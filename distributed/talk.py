@@ -19,7 +19,7 @@ from typing import Any
 import zmq
 
 from . import agreement, protocol
-from .config import JobConfig
+from .config import SPIN_ENV, SPIN_S, JobConfig, spin_seconds
 from .keys import Keys
 from .link import Link
 from .protocol import Message, ProtocolError
@@ -151,6 +151,7 @@ class Talk:
         self.rejoining = False  # a server welcomed this worker, then went away
         self.may_rejoin = False  # the job's server can come back (from the welcome's config)
         self.linger = 0.0  # seconds the last message may take to leave when the socket closes
+        self.spin_s = spin_seconds(os.environ.get(SPIN_ENV))
         try:
             self._connect()
         except zmq.ZMQError:
@@ -249,9 +250,23 @@ class Talk:
             log.warning("worker %d: could not prepare the next batch: %s", self.worker.rank, e)
         if failed:
             raise failed[0]
+        until = time.perf_counter() + self._spin()  # poll a while: a sleeping core wakes slowly
+        while not found and time.perf_counter() < until:
+            if not look(0):
+                os.sched_yield()  # the server, or another thread here, may want this core
         while not found:
             look(FETCH_SLICE_MS)
         return found[0]
+
+    def _spin(self) -> float:
+        """Seconds the compute thread polls for its next PARAMS before it sleeps: SPIN_S, unless
+        $NUMPY_CNN_SPIN_US says otherwise, where the job's workers are no more than this
+        machine's cores (the server's thread takes a core from a polling worker when it wakes);
+        else none, for polling would take a core from a worker that computes."""
+        if self.spin_s is not None:
+            return self.spin_s
+        config = self.worker.config
+        return SPIN_S if config is not None and config.workers <= len(os.sched_getaffinity(0)) else 0.0
 
     def _current(self, generation: int) -> bool:
         return self.generation == generation and not self.closing

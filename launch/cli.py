@@ -20,7 +20,7 @@ from numpy_cnn.cli import (
     summary,
 )
 from numpy_cnn.distributed import keys, token
-from numpy_cnn.distributed.config import BUCKET_MODES, FAILURE_POLICIES, JobConfig
+from numpy_cnn.distributed.config import BUCKET_MODES, FAILURE_POLICIES, SPIN_ENV, JobConfig, spin_seconds
 from numpy_cnn.distributed.protocol import ProtocolError
 
 from . import cluster
@@ -166,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.local_workers is not None and args.local_workers > config.workers:
         parser.error(f"--local-workers {args.local_workers} is more than --workers {config.workers}")
     local = config.workers if args.local_workers is None else args.local_workers
+    try:
+        spin_seconds(os.environ.get(SPIN_ENV))  # read by the workers: say so before they start
+    except ValueError as e:
+        parser.error(str(e))
     try:
         node = cluster.detect(os.environ, args)
         ranks = cluster.node_ranks(node, config.workers) if node.nnodes > 1 else range(local)

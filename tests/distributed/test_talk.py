@@ -3,6 +3,11 @@ old one's state."""
 
 from __future__ import annotations
 
+import os
+
+import pytest
+
+from numpy_cnn.distributed.config import SPIN_S, JobConfig, spin_seconds
 from numpy_cnn.distributed.lane import Lane, Lanes
 from numpy_cnn.distributed.talk import Talk
 from numpy_cnn.distributed.worker import Worker
@@ -113,3 +118,34 @@ def test_the_compute_thread_takes_its_next_job_off_the_socket_itself(tmp_path, m
         talk.close()
         server.close(linger=0)
         context.term()
+
+
+def test_spin_seconds_reads_microseconds_and_names_the_variable():
+    assert spin_seconds(None) is None and spin_seconds("") is None and spin_seconds(" ") is None
+    assert spin_seconds("0") == 0.0 and spin_seconds("250") == 0.00025 and spin_seconds("1000000") == 1.0
+    for bad in ("abc", "-1", "0.5", "1000001"):
+        with pytest.raises(ValueError, match=f"NUMPY_CNN_SPIN_US must be whole microseconds .* got {bad!r}"):
+            spin_seconds(bad)
+
+
+@pytest.mark.parametrize("variable", [None, "0", "300"])
+def test_the_compute_thread_polls_only_where_each_worker_can_have_a_core(tmp_path, monkeypatch, variable):
+    """Talk._spin: SPIN_S while the job's workers are no more than this machine's cores, none
+    beyond (a polling worker would take a core from one that computes); the variable overrides."""
+    if variable is None:
+        monkeypatch.delenv("NUMPY_CNN_SPIN_US", raising=False)
+    else:
+        monkeypatch.setenv("NUMPY_CNN_SPIN_US", variable)
+    cores = len(os.sched_getaffinity(0))
+    talk = Talk(Worker(0), f"ipc://{tmp_path}/server", keys=None, join_timeout=5.0)
+    try:
+        spins = {}
+        for workers in (1, cores, cores + 1):
+            talk.worker.config = JobConfig("fc-net", workers=workers, shards=workers)
+            spins[workers] = talk._spin()
+    finally:
+        talk.close()
+    if variable is None:
+        assert spins == {1: SPIN_S, cores: SPIN_S, cores + 1: 0.0}
+    else:
+        assert set(spins.values()) == {int(variable) / 1e6}

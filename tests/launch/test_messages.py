@@ -50,6 +50,14 @@ def test_an_empty_data_folder_in_the_environment_is_an_error(tmp_path, mnist_dir
     assert result.returncode == 2 and f"NUMPY_CNN_DATA={tmp_path}: none of the four" in result.stderr
 
 
+@pytest.mark.parametrize("value", ["abc", "-5", "1.5", "2000000"])
+def test_a_bad_spin_time_in_the_environment_is_an_error(value):
+    env = {**os.environ, "NUMPY_CNN_SPIN_US": value}
+    result = subprocess.run([*LAUNCH, "fc-net"], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"NUMPY_CNN_SPIN_US must be whole microseconds from 0 to 1000000, got {value!r}" in result.stderr
+
+
 def test_settings_first_and_a_summary_last(mnist_dir, tmp_path):
     save, metrics = tmp_path / "w.npz", tmp_path / "m.jsonl"
     args = ["fc-net", "--max-steps", "20", "--data-dir", str(mnist_dir), "--save", str(save)]
