@@ -89,13 +89,20 @@ def local_buckets(mode: str, processes: int, cores: int | None = None) -> tuple[
     their time (measured: README, Speed)."""
     if mode != "auto":
         return mode, ""
-    cores = len(os.sched_getaffinity(0)) if cores is None else cores
+    cores = machine_cores() if cores is None else cores
     if processes <= cores:
         return "stream", ""
     return "one", (
         f"{processes} processes on {cores} cores: each worker sends its gradients in one message "
         "per step (--buckets stream sends them bucket by bucket)"
     )
+
+
+def machine_cores() -> int:
+    """The cores this process may run on (its affinity, on Linux), else the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def spin_seconds(value: str | None) -> float | None:

@@ -19,7 +19,7 @@ from typing import Any
 import zmq
 
 from . import agreement, protocol
-from .config import SPIN_ENV, SPIN_S, JobConfig, spin_seconds
+from .config import SPIN_ENV, SPIN_S, JobConfig, machine_cores, spin_seconds
 from .keys import Keys
 from .link import Link
 from .protocol import Message, ProtocolError
@@ -131,6 +131,7 @@ class Talk:
     """
 
     def __init__(self, worker: Worker, endpoint: str, keys: Keys, join_timeout: float) -> None:
+        self.spin_s = spin_seconds(os.environ.get(SPIN_ENV))  # checked before anything is made
         self.worker, self.endpoint, self.keys, self.join_timeout = worker, endpoint, keys, join_timeout
         if endpoint.startswith("ipc://"):  # the server's private folder: its shared memory is there
             worker.folder = os.path.dirname(endpoint.removeprefix("ipc://"))
@@ -151,7 +152,6 @@ class Talk:
         self.rejoining = False  # a server welcomed this worker, then went away
         self.may_rejoin = False  # the job's server can come back (from the welcome's config)
         self.linger = 0.0  # seconds the last message may take to leave when the socket closes
-        self.spin_s = spin_seconds(os.environ.get(SPIN_ENV))
         try:
             self._connect()
         except zmq.ZMQError:
@@ -250,8 +250,8 @@ class Talk:
             log.warning("worker %d: could not prepare the next batch: %s", self.worker.rank, e)
         if failed:
             raise failed[0]
-        until = time.perf_counter() + self._spin()  # poll a while: a sleeping core wakes slowly
-        while not found and time.perf_counter() < until:
+        spin_end = time.perf_counter() + self._spin()  # poll a while: a sleeping core wakes slowly
+        while not found and time.perf_counter() < spin_end:
             if not look(0):
                 os.sched_yield()  # the server, or another thread here, may want this core
         while not found:
@@ -266,7 +266,7 @@ class Talk:
         if self.spin_s is not None:
             return self.spin_s
         config = self.worker.config
-        return SPIN_S if config is not None and config.workers <= len(os.sched_getaffinity(0)) else 0.0
+        return SPIN_S if config is not None and config.workers <= machine_cores() else 0.0
 
     def _current(self, generation: int) -> bool:
         return self.generation == generation and not self.closing
