@@ -116,3 +116,13 @@ def spin_seconds(value: str | None) -> float | None:
     if not 0 <= us <= 1_000_000:
         raise ValueError(f"{SPIN_ENV} must be whole microseconds from 0 to 1000000, got {value!r}")
     return us / 1e6
+
+
+def local_spin(workers_here: int, cores: int | None = None) -> dict[str, str]:
+    """$NUMPY_CNN_SPIN_US for the `workers_here` workers a launcher starts on its machine, unless
+    it is set already: a worker knows only the job's count of workers (Talk._spin), a launcher
+    how many of them share its machine's cores."""
+    if os.environ.get(SPIN_ENV, "").strip():
+        return {}
+    cores = machine_cores() if cores is None else cores
+    return {SPIN_ENV: str(round(SPIN_S * 1e6)) if workers_here <= cores else "0"}

@@ -21,7 +21,7 @@ import time
 
 from numpy_cnn import checkpoint
 from numpy_cnn.cli import resume_hint, summary
-from numpy_cnn.distributed.config import JobConfig, local_buckets
+from numpy_cnn.distributed.config import JobConfig, local_buckets, local_spin
 from numpy_cnn.distributed.keys import TemporaryKeys
 from numpy_cnn.distributed.memory import job_folder_parent
 from numpy_cnn.distributed.tracing import LAUNCHER, process_trace
@@ -330,7 +330,7 @@ class Job:
 
     def _start_worker(self, rank: int) -> None:
         # one BLAS thread each, set before numpy loads; the worker pins it again with threadpoolctl
-        one_thread = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        env = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         self.workers[rank] = self._spawn(
             f"worker {rank}",
             [
@@ -344,7 +344,7 @@ class Job:
                 *self._keys_args(),
                 *(["--data-dir", self.config.data_dir] if self.config.data_dir else []),
             ],
-            env_extra=one_thread,
+            env_extra={**env, **local_spin(len(self.ranks))},  # its machine's workers and cores
         )
 
     def _keys_args(self) -> list[str]:

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from numpy_cnn.distributed.config import SPIN_S, JobConfig, machine_cores, spin_seconds
+from numpy_cnn.distributed.config import SPIN_S, JobConfig, local_spin, machine_cores, spin_seconds
 from numpy_cnn.distributed.lane import Lane, Lanes
 from numpy_cnn.distributed.talk import Talk
 from numpy_cnn.distributed.worker import Worker
@@ -154,3 +154,13 @@ def test_the_compute_thread_polls_only_where_each_worker_can_have_a_core(tmp_pat
         assert spins == {1: SPIN_S, cores: SPIN_S, cores + 1: 0.0}
     else:
         assert set(spins.values()) == {int(variable) / 1e6}
+
+
+def test_a_launcher_sets_the_spin_for_the_workers_of_its_own_machine(monkeypatch):
+    """A worker counts the whole job's workers (Talk._spin); a launcher knows how many it starts
+    on its machine: 2 nodes of 2 workers on 2 cores each poll; a value the user set is left."""
+    monkeypatch.delenv("NUMPY_CNN_SPIN_US", raising=False)
+    assert local_spin(2, cores=2) == {"NUMPY_CNN_SPIN_US": "1000"}
+    assert local_spin(3, cores=2) == {"NUMPY_CNN_SPIN_US": "0"}
+    monkeypatch.setenv("NUMPY_CNN_SPIN_US", "250")
+    assert local_spin(3, cores=2) == {}
