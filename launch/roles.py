@@ -16,7 +16,7 @@ from numpy_cnn import buckets
 from numpy_cnn.cli import Parser
 from numpy_cnn.data import load
 from numpy_cnn.distributed import agreement, keys, protocol, token
-from numpy_cnn.distributed.config import JobConfig
+from numpy_cnn.distributed.config import SPIN_ENV, JobConfig, spin_seconds
 from numpy_cnn.distributed.lifeline import exit_when_stdin_closes
 from numpy_cnn.distributed.protocol import ProtocolError
 from numpy_cnn.distributed.server import ParameterServer
@@ -160,6 +160,10 @@ def worker_main(argv: list[str] | None = None) -> int:
         help="exit when standard input closes (the launcher's lifeline, so no worker outlives it)",
     )
     args = parser.parse_args(argv)
+    try:
+        spin_seconds(os.environ.get(SPIN_ENV))  # a setting of this machine's: wrong, nothing starts
+    except ValueError as e:
+        parser.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     if args.watch_stdin:
         exit_when_stdin_closes(f"worker {args.rank}")

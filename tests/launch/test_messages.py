@@ -58,6 +58,14 @@ def test_a_bad_spin_time_in_the_environment_is_an_error(value):
     assert f"NUMPY_CNN_SPIN_US must be whole microseconds from 0 to 1000000, got {value!r}" in result.stderr
 
 
+def test_a_worker_started_by_hand_checks_the_spin_time_before_it_connects(tmp_path):
+    env = {**os.environ, "NUMPY_CNN_SPIN_US": "soon"}
+    worker = [*LAUNCH, "worker", "--connect", f"ipc://{tmp_path}/none", "--rank", "0", "--join-timeout", "5"]
+    result = subprocess.run(worker, capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2 and result.stdout == ""
+    assert "NUMPY_CNN_SPIN_US must be whole microseconds from 0 to 1000000, got 'soon'" in result.stderr
+
+
 def test_settings_first_and_a_summary_last(mnist_dir, tmp_path):
     save, metrics = tmp_path / "w.npz", tmp_path / "m.jsonl"
     args = ["fc-net", "--max-steps", "20", "--data-dir", str(mnist_dir), "--save", str(save)]
