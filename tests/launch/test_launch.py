@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from numpy_cnn.distributed.config import local_spin
+
 LAUNCH = [sys.executable, "-m", "numpy_cnn.launch"]
 
 
@@ -327,6 +329,10 @@ def test_children_do_not_outlive_a_killed_launcher(mnist_dir, running):
     assert [p.name for p in folder.glob("params-*")]  # the parameters it shares with its workers
     keys = Path(os.fsdecode(server[server.index(b"--keys") + 1]))  # the key set made for this job
     assert b"--temporary-keys" in server and (keys / "server.key_secret").exists()
+    # the launcher tells its workers how long to poll, from its machine's workers and cores
+    environ = Path(f"/proc/{pids['worker 1']}/environ").read_bytes().split(b"\0")
+    spin = local_spin(2).get("NUMPY_CNN_SPIN_US", os.environ.get("NUMPY_CNN_SPIN_US"))
+    assert f"NUMPY_CNN_SPIN_US={spin}".encode() in environ
     job.process.kill()  # SIGKILL: the launcher cannot clean up; the lifelines must
     assert wait_gone(list(pids.values()), timeout=10) == []
     assert not folder.exists()  # the server removed its files, its socket, its lanes and the folder
