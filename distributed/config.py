@@ -118,11 +118,17 @@ def spin_seconds(value: str | None) -> float | None:
     return us / 1e6
 
 
+def spin_for(workers: int, cores: int | None = None) -> float:
+    """Seconds a worker polls for its next PARAMS when `workers` share this machine's cores:
+    SPIN_S while each can have a core (a woken server takes a core from a polling worker), else
+    none, for polling would take a core from a worker that computes."""
+    return SPIN_S if workers <= (machine_cores() if cores is None else cores) else 0.0
+
+
 def local_spin(workers_here: int, cores: int | None = None) -> dict[str, str]:
     """$NUMPY_CNN_SPIN_US for the `workers_here` workers a launcher starts on its machine, unless
     it is set already: a worker knows only the job's count of workers (Talk._spin), a launcher
     how many of them share its machine's cores."""
     if os.environ.get(SPIN_ENV, "").strip():
         return {}
-    cores = machine_cores() if cores is None else cores
-    return {SPIN_ENV: str(round(SPIN_S * 1e6)) if workers_here <= cores else "0"}
+    return {SPIN_ENV: str(round(spin_for(workers_here, cores) * 1e6))}

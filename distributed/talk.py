@@ -19,7 +19,7 @@ from typing import Any
 import zmq
 
 from . import agreement, protocol
-from .config import SPIN_ENV, SPIN_S, JobConfig, machine_cores, spin_seconds
+from .config import SPIN_ENV, JobConfig, spin_for, spin_seconds
 from .keys import Keys
 from .link import Link
 from .protocol import Message, ProtocolError
@@ -259,14 +259,13 @@ class Talk:
         return found[0]
 
     def _spin(self) -> float:
-        """Seconds the compute thread polls for its next PARAMS before it sleeps: SPIN_S, unless
-        $NUMPY_CNN_SPIN_US says otherwise, where the job's workers are no more than this
-        machine's cores (the server's thread takes a core from a polling worker when it wakes);
-        else none, for polling would take a core from a worker that computes."""
+        """Seconds the compute thread polls for its next PARAMS before it sleeps: as
+        $NUMPY_CNN_SPIN_US says (each launch sets it for its machine), else as if every worker of
+        the job shared this machine (config.spin_for)."""
         if self.spin_s is not None:
             return self.spin_s
         config = self.worker.config
-        return SPIN_S if config is not None and config.workers <= machine_cores() else 0.0
+        return spin_for(config.workers) if config is not None else 0.0
 
     def _current(self, generation: int) -> bool:
         return self.generation == generation and not self.closing
