@@ -147,6 +147,11 @@ class Worker:
         except (OSError, TypeError, ValueError) as e:
             raise ProtocolError(f"cannot map the server's shared memory: {e}") from None
         self.shared = params.array(self.dtype, (2, size))
+        # each bucket's parameters in each buffer, made once: a step only picks the buffer
+        self.side_views = [
+            [self.layout.bucket_views(b, side[self.layout.span(b)]) for b in range(len(self.buckets))]
+            for side in self.shared
+        ]
         if "lane" in memory:
             if memory["lane"] != os.path.join(self.folder, LANE_NAME):
                 raise ProtocolError(f"a lane {memory['lane']!r} outside the server's folder {self.folder}")
@@ -163,15 +168,15 @@ class Worker:
         b = msg["bucket"]
         if not 0 <= b < len(self.buckets):
             raise ProtocolError(f"update of bucket {b}; there are {len(self.buckets)}")
-        values = self._values([b], msg.arrays, [msg["side"]] if msg["side"] != -1 else [], f"bucket {b}")
+        views = self._views([b], msg.arrays, [msg["side"]] if msg["side"] != -1 else [], f"bucket {b}")
         with self.lock:
-            self._hold(b, msg["version"], values[0], msg["step"])
+            self._hold(b, msg["version"], views[0], msg["step"])
 
-    def _hold(self, b: int, version: int, values: np.ndarray, step: int) -> None:
-        """Hold these values of bucket b (flat) unless it holds newer ones; they are step `step`'s
-        update (the next GRADS reports when they came). Under the lock."""
+    def _hold(self, b: int, version: int, views: list[np.ndarray], step: int) -> None:
+        """Hold these values of bucket b (its parameters' views) unless it holds newer ones; they
+        are step `step`'s update (the next GRADS reports when they came). Under the lock."""
         if version > self.held[b]:
-            for i, a in zip(self.buckets[b], self.layout.bucket_views(b, values)):
+            for i, a in zip(self.buckets[b], views):
                 self.current[i] = a  # a read-only view of the frame or the shared buffer, no copy
             self.held[b] = version
             self.taken.setdefault(step, [0.0] * len(self.buckets))[b] = time.monotonic()
@@ -186,30 +191,31 @@ class Worker:
         n = len(self.buckets)
         if not all(type(b) is int and 0 <= b < n for b in carried) or carried != sorted(set(carried)):
             raise ProtocolError(f"carried buckets {carried!r} are not ascending buckets of this net's {n}")
-        carried_values = self._values(carried, msg.arrays, msg["sides"], "parameters")
+        carried_views = self._views(carried, msg.arrays, msg["sides"], "parameters")
         given = {}
-        for b, values in zip(carried, carried_values):
-            given.update(zip(self.buckets[b], self.layout.bucket_views(b, values)))
+        for b, views in zip(carried, carried_views):
+            given.update(zip(self.buckets[b], views))
         with self.lock:
-            for b, values in zip(carried, carried_values):  # the last step's update of b, if it is news
-                self._hold(b, version, values, msg["step"] - 1)
+            for b, views in zip(carried, carried_views):  # the last step's update of b, if it is news
+                self._hold(b, version, views, msg["step"] - 1)
             if any(h != version for b, h in enumerate(self.held) if b not in carried):
                 raise ProtocolError(f"asked to compute version {version} but holds versions {self.held}")
             return [given.get(i, current) for i, current in enumerate(self.current)]
 
-    def _values(
+    def _views(
         self, buckets: Sequence[int], arrays: Sequence[np.ndarray], sides: Sequence[int], what: str
-    ) -> list[np.ndarray]:
-        """These buckets' values, flat: the arrays a message carries, or, for a worker that maps
-        the server's parameters, views of the buffers (`sides`) that hold them."""
+    ) -> list[list[np.ndarray]]:
+        """These buckets' values, as their parameters' views (in each bucket's order): of the
+        arrays a message carries, or, for a worker that maps the server's parameters, of the
+        buffers (`sides`) that hold them (made once: `side_views`)."""
         if sides:
             if self.shared is None or arrays or len(sides) != len(buckets) or not set(sides) <= {0, 1}:
                 raise ProtocolError(f"{what}: buffers {sides!r} of shared parameters this worker cannot read")
-            return [self.shared[side][self.layout.span(b)] for b, side in zip(buckets, sides)]
+            return [self.side_views[side][b] for b, side in zip(buckets, sides)]
         shapes = [((self.layout.length(b),), self.dtype) for b in buckets]
         if len(arrays) != len(shapes) or any((a.shape, a.dtype) != s for a, s in zip(arrays, shapes)):
             raise ProtocolError(f"{what} do not match this worker's net")
-        return list(arrays)
+        return [self.layout.bucket_views(b, a) for b, a in zip(buckets, arrays)]
 
     def prepare_next(self, until: Callable[[], bool] = lambda: False) -> None:
         """While the gradients travel and the server runs Adam, make the samples of the next
