@@ -82,6 +82,7 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     HEARTBEAT: {"rank": int, "answered": int},  # answered: PARAMS the worker has sent every bucket of
     STOP: {"reason": str},
 }
+NUMBER = (int, float)  # what a float field takes (not a bool)
 DTYPES = {np.dtype(np.float32).str: np.float32, np.dtype(np.float64).str: np.float64}
 MAX_HEADER_BYTES = 1 << 16
 MAX_ARRAYS = 1 << 12
@@ -134,15 +135,16 @@ def decode(frames: Sequence[Any]) -> Message:
         raise ProtocolError(f"header is not valid msgpack: {type(e).__name__}: {e}") from None
     if not isinstance(header, dict):
         raise ProtocolError(f"header is a {type(header).__name__}, not a map")
-    if header.get("v") != VERSION:
-        raise ProtocolError(f"protocol version {header.get('v')!r}, expected {VERSION}")
-    type_ = header.get("type")
+    version = header.pop("v", None)  # what is left of the header are the fields
+    if version != VERSION:
+        raise ProtocolError(f"protocol version {version!r}, expected {VERSION}")
+    type_ = header.pop("type", None)
     if type_ not in SCHEMA:
         raise ProtocolError(f"unknown message type {type_!r}")
-    specs = header.get("arrays")
+    specs = header.pop("arrays", None)
     if not isinstance(specs, list):
         raise ProtocolError("header has no array list")
-    fields = {k: v for k, v in header.items() if k not in ("v", "type", "arrays")}
+    fields = header
     _check_fields(type_, fields)
     if len(specs) != len(frames) - 1:
         raise ProtocolError(f"header declares {len(specs)} arrays but {len(frames) - 1} frames follow")
@@ -151,16 +153,19 @@ def decode(frames: Sequence[Any]) -> Message:
 
 
 def _check_fields(type_: str, fields: dict[str, Any]) -> None:
+    # on every message, both ways, between a step's last gradient and the next forward pass: lean
     schema = SCHEMA[type_]
-    if set(fields) != set(schema):
+    if fields.keys() != schema.keys():
         raise ProtocolError(f"{type_} message has fields {sorted(fields)}, expected {sorted(schema)}")
     for key, kind in schema.items():
         value = fields[key]
-        ok = isinstance(value, int | float) if kind is float else isinstance(value, kind)
-        if not ok or (isinstance(value, bool) and kind is not bool):
+        if kind is float:
+            if not isinstance(value, NUMBER) or type(value) is bool:
+                raise ProtocolError(f"{type_}.{key} is a {type(value).__name__}, expected float")
+            if not math.isfinite(value):
+                raise ProtocolError(f"{type_}.{key} is {value}")
+        elif not isinstance(value, kind) or (type(value) is bool and kind is not bool):
             raise ProtocolError(f"{type_}.{key} is a {type(value).__name__}, expected {kind.__name__}")
-        if kind is float and not math.isfinite(value):
-            raise ProtocolError(f"{type_}.{key} is {value}")
 
 
 def _array(spec: Any, frame: Any, i: int) -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
-from numpy_cnn.shards import Node, children, cover, leaves_of, shard_bounds
+from numpy_cnn.shards import Node, cover, leaves_of, shard_bounds, tree_nodes
 
 
 def worker_shards(rank: int, workers: int, shards: int) -> Node:
@@ -70,7 +70,7 @@ def parse_nodes(value: object, shards: int) -> list[Node]:
         if not (isinstance(item, list) and len(item) == 2 and all(type(x) is int for x in item)):
             raise ValueError(f"node {item!r} is not [lo, hi]")
         node = (item[0], item[1])
-        if not _in_tree(node, (0, shards)):
+        if node not in _tree(shards):
             raise ValueError(f"[{node[0]}, {node[1]}) is not a node of the tree over {shards} shards")
         nodes.append(node)
     leaves = leaves_of(nodes)
@@ -79,9 +79,6 @@ def parse_nodes(value: object, shards: int) -> list[Node]:
     return nodes
 
 
-def _in_tree(node: Node, root: Node) -> bool:
-    if node == root:
-        return True
-    if root[1] - root[0] <= 1 or not (root[0] <= node[0] < node[1] <= root[1]):
-        return False
-    return any(_in_tree(node, child) for child in children(root))
+@functools.lru_cache(maxsize=8)  # every PARAMS and GRADS names nodes: a set lookup each
+def _tree(shards: int) -> frozenset[Node]:
+    return frozenset(tree_nodes(shards))
