@@ -117,21 +117,35 @@ def test_malformed_messages_are_rejected_with_a_reason(frames, reason):
         decode(frames)
 
 
-def test_non_finite_statistics_are_rejected():
+@pytest.mark.parametrize(
+    "loss, reason",
+    [
+        (float("nan"), "grads.loss is nan"),
+        (float("-inf"), "grads.loss is -inf"),
+        (True, "grads.loss is a bool, expected float"),  # a bool is an int to Python, not to us
+        ("1.5", "grads.loss is a str, expected float"),
+        (None, "grads.loss is a NoneType, expected float"),
+        (3, None),  # a whole number is a float field's value too
+    ],
+)
+def test_a_float_field_takes_finite_numbers_only(loss, reason):
     fields = {"step": 1, "version": 1, "bucket": 0, "rank": 0, "nodes": [[0, 1]], "counts": [1], "correct": 0}
     header = {
         "v": protocol.VERSION,
         "type": "grads",
         **fields,
-        "loss": float("nan"),
+        "loss": loss,
         "compute_s": 0.0,
         "started": 0.0,
         "taken": [],
         "shared": False,
         "arrays": [],
     }
-    with pytest.raises(ProtocolError, match="loss is nan"):
-        decode(_raw(header))
+    if reason is None:
+        assert decode(_raw(header))["loss"] == loss
+    else:
+        with pytest.raises(ProtocolError, match=f"^{reason}$"):
+            decode(_raw(header))
 
 
 def test_encode_refuses_arrays_it_cannot_send_as_they_are():
