@@ -15,10 +15,11 @@ from typing import Any
 import msgpack
 import numpy as np
 
-VERSION = 9  # 3: WELCOME carries what workers must agree with; REFUSE. 4: buckets, UPDATE. 5: GRADS.taken
+VERSION = 10  # 3: WELCOME carries what workers must agree with; REFUSE. 4: buckets, UPDATE. 5: GRADS.taken
 # 6: PARAMS.carried. 7: a bucket's parameters or gradient sums travel as one flat array. 8: shared
 # memory with the workers on the server's machine (WELCOME.memory, PARAMS.sides, UPDATE.side,
-# GRADS.shared). 9: their lanes (WELCOME.memory's lane, READY.lane; distributed/lane.py)
+# GRADS.shared). 9: their lanes (WELCOME.memory's lane, READY.lane; distributed/lane.py).
+# 10: GRADS.prepared
 HEARTBEATS_PER_TIMEOUT = 5  # a peer silent for a whole --timeout has missed this many heartbeats
 
 HELLO = "hello"  # worker -> server: rank, pid, boot (the machine's boot id: is its clock ours?)
@@ -75,6 +76,9 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
         # when the worker took each bucket's UPDATE of the step before, on the same clock (0.0:
         # it did not: it got that step's parameters otherwise, or there was none)
         "taken": list,
+        # when the worker made this job's batch ahead (Worker.prepare_next), after its job before:
+        # [start, seconds] on the same clock; [] if it made none
+        "prepared": list,
         # the sums are in the worker's gradient file (WELCOME.memory), at each node's slot,
         # instead of in arrays
         "shared": bool,

@@ -17,7 +17,9 @@ class EpochStats:
     compute: float = 0.0  # the workers' forward/backward (the slowest worker's, when in parallel)
     comm: float = 0.0  # the rest of the step: encoding, the wire, decoding, waiting for stragglers
     update: float = 0.0  # the server summing the tree, running Adam and sending, bucket by bucket
-    exposed: float = 0.0  # the part of the step in which no worker computed
+    # the part of the step in which no worker computed: no forward or backward pass, and no next
+    # batch being made (a worker's batch made ahead is known one step later: see add_step)
+    exposed: float = 0.0
     exposed_known: bool = True  # False when a worker's clock is not the server's (another machine)
     bytes: int = 0  # array and header frames sent and received by the server
     extra: dict = field(default_factory=dict)
@@ -29,6 +31,8 @@ class EpochStats:
     # per step, per bucket: seconds after the step's start when the last worker took its update
     # (known one step later, from the workers' next answers)
     bucket_taken: list[list[float]] = field(default_factory=list)
+    # the last step's clock span and what covered it, for the batches made during it (add_step)
+    window: tuple[float, float, list[tuple[float, float]]] | None = None
 
     def timing(self) -> dict:
         """Per-step means, in ms (they add up to the step time) and bytes."""
@@ -59,7 +63,13 @@ class EpochStats:
         last bucket), its perf_counter `span`, the same on the monotonic clock the workers share
         (None: they don't), the server's update time, whether the workers ran at the same time,
         and per bucket the monotonic times it was ready, was in, and was sent; `taken`: the step
-        before's seconds from its start until each bucket's update was taken (None: unknown)."""
+        before's seconds from its start until each bucket's update was taken (None: unknown).
+
+        The exposed time is the step's span that neither a job's computation covers nor a
+        worker making its next batch ahead (Worker.prepare_next: GRADS.prepared). A worker makes
+        it after its last bucket, during the step, and reports it with its next answers: the step
+        before is counted without it at first, then those answers take the part it covered off.
+        (The last step of an epoch keeps it: the next epoch's answers do not reach it.)"""
         computes = [m["compute_s"] for m in answers]
         compute = max(computes, default=0.0) if parallel else sum(computes)
         self.steps += 1
@@ -69,9 +79,14 @@ class EpochStats:
         self.compute += compute
         self.comm += max(0.0, span[1] - span[0] - compute - update)
         self.update += update
-        # a worker's compute ends with its last bucket: the rest of the step is exposed
+        # a worker's compute ends with its last bucket; then it makes its next batch
         intervals = [(m["started"], m["started"] + m["compute_s"]) for m in answers]
-        self.add_exposed(*(clock or (0.0, 0.0)), intervals if clock else None)
+        made = [(m["prepared"][0], sum(m["prepared"])) for m in answers if m["prepared"]]
+        if clock and self.window is not None:  # the batches made during the step before
+            start, end, covered = self.window
+            self.exposed -= uncovered(start, end, covered) - uncovered(start, end, covered + made)
+        self.window = (*clock, intervals + made) if clock else None
+        self.add_exposed(*(clock or (0.0, 0.0)), intervals + made if clock else None)
         if clock and parallel:
             began = clock[0]
             self.bucket_ready.append([t - began for t in buckets[0]])
@@ -117,12 +132,17 @@ class EpochStats:
         if intervals is None:
             self.exposed_known = False
             return
-        covered, reach = 0.0, start
-        for lo, hi in sorted(intervals):
-            lo, hi = max(lo, reach), min(hi, end)
-            if hi > lo:
-                covered, reach = covered + hi - lo, hi
-        self.exposed += (end - start) - covered
+        self.exposed += uncovered(start, end, intervals)
+
+
+def uncovered(start: float, end: float, intervals: list[tuple[float, float]]) -> float:
+    """The time in [start, end] that no interval covers."""
+    covered, reach = 0.0, start
+    for lo, hi in sorted(intervals):
+        lo, hi = max(lo, reach), min(hi, end)
+        if hi > lo:
+            covered, reach = covered + hi - lo, hi
+    return (end - start) - covered
 
 
 def format_timing(r: dict) -> str:

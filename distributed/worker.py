@@ -57,6 +57,7 @@ class Worker:
         self.progress = 0  # micro-shards and buckets computed so far
         self.last: tuple[int, int, list[int]] | None = None  # (epoch, index, leaves) just computed
         self.prepared: dict[tuple[int, int, int], tuple] = {}  # next step's (x or its columns, y)
+        self.made: list[float] = []  # when it made them: [start, seconds], for the next GRADS
         self.taken: dict[int, list[float]] = {}  # step -> when each bucket of its update came
         # UPDATEs arrive on the talking thread while a job may take parameters on the compute thread
         self.lock = threading.Lock()
@@ -237,7 +238,7 @@ class Worker:
         # with one bucket, the processes outnumber the cores (config.local_buckets): the columns
         # would take a core from the server's work on the step, which they are waiting for
         lower = self.job.lower if config.buckets != "one" else lambda k, x: x
-        prepared = {}
+        prepared, start = {}, time.monotonic()
         with self.trace.span("prepare next batch"):
             for k in leaves:
                 if until():
@@ -245,6 +246,9 @@ class Worker:
                 x, y = batch.samples(train.images, train.labels, self.shape, *bounds[k])
                 prepared[(epoch, index, k)] = (lower(k, x), y)
         self.prepared = prepared
+        # the server counts this as computing too (stats.EpochStats): a worker making its next
+        # batch is not waiting for the wire, even where the server waits for its core
+        self.made = [start, time.monotonic() - start] if prepared else []
 
     def _step(self, msg: Message, send: Callable[[list], None]) -> None:
         """Forward and backward every micro-shard under the job's nodes, in turn, sending each
@@ -307,7 +311,9 @@ class Worker:
             correct=correct,
             started=started,
             taken=taken,
+            prepared=self.made,
         )
+        self.made = []
 
         shared = self.job.area is not None  # the sums are written in the gradient file, at their nodes
 

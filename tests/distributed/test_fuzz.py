@@ -32,7 +32,7 @@ from numpy_cnn.distributed.worker import Worker
 from numpy_cnn.models import build
 
 GRADS_FIELDS = dict(step=1, version=1, bucket=0, rank=0, nodes=[[0, 2]], counts=[32], loss=1.0, correct=1)
-GRADS_FIELDS.update(compute_s=0.001, started=1.0, taken=[0.0], shared=True)
+GRADS_FIELDS.update(compute_s=0.001, started=1.0, taken=[0.0], prepared=[], shared=True)
 
 
 def malformed(rng: np.random.Generator, params: list[np.ndarray], step: int) -> list[bytes]:
@@ -51,6 +51,7 @@ def malformed(rng: np.random.Generator, params: list[np.ndarray], step: int) -> 
         "compute_s": 0.001,
         "started": 1.0,
         "taken": [0.0, 0.0, 0.0],
+        "prepared": [],
         "shared": bool(rng.integers(2)),  # in a gradient file this peer was never given
     }
     if kind == 0:  # random bytes, 1 to 4 frames
@@ -287,6 +288,8 @@ def test_forged_bucket_messages_from_a_registered_worker_are_each_rejected(mnist
                     again(arrays=[a.astype(np.float64) for a in arrays]),
                     again({"taken": [1.0]}),
                     again({"taken": [-1.0, 0.0, 0.0]}),
+                    again({"prepared": [1.0]}),
+                    again({"prepared": [1.0, float("nan")]}),
                     again({"shared": True}, arrays=[]),  # in-process: it has no gradient file
                 ):
                     send(fake)
@@ -299,8 +302,8 @@ def test_forged_bucket_messages_from_a_registered_worker_are_each_rejected(mnist
     server = ParameterServer(config, LocalTransport([Worker(0, data), Forger(1, data)]), data)
     with caplog.at_level(logging.WARNING, logger="numpy_cnn.distributed.server"):
         server.run()
-    # 11 per bucket of each of 4 steps; the duplicate of the very last may still be queued at the end
-    assert 4 * 3 * 11 - 1 <= server.rejected <= 4 * 3 * 11 and server.lost == 0
+    # 13 per bucket of each of 4 steps; the duplicate of the very last may still be queued at the end
+    assert 4 * 3 * 13 - 1 <= server.rejected <= 4 * 3 * 13 and server.lost == 0
     for reason in (
         "expected step 0 version 0",
         "bucket 7, but there are 3",
@@ -311,6 +314,8 @@ def test_forged_bucket_messages_from_a_registered_worker_are_each_rejected(mnist
         "(a duplicate, or not its work)",
         "taken [1.0] is not 3 times, one per bucket",
         "taken [-1.0, 0.0, 0.0] is not 3 times, one per bucket",
+        "prepared [1.0] is not [start, seconds]",
+        "prepared [1.0, nan] is not [start, seconds]",
         "shared gradients from a worker that has no gradient file",
     ):
         assert reason in caplog.text, reason

@@ -13,7 +13,7 @@ from numpy_cnn.distributed.lane import Lane, Lanes
 
 PEER = b"\x01worker-0"
 GRADS = dict(step=0, version=0, bucket=0, rank=0, nodes=[[0, 2]], counts=[32], loss=1.0, correct=1)
-GRADS.update(compute_s=0.001, started=1.0, taken=[0.0], shared=True)
+GRADS.update(compute_s=0.001, started=1.0, taken=[0.0], prepared=[], shared=True)
 
 
 @pytest.fixture

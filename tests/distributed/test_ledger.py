@@ -16,7 +16,8 @@ BUCKETS = [[2, 3], [0, 1]]  # two buckets of two parameters each, the last layer
 def grads(nodes, counts, arrays, rank=0, bucket=0):
     frames = protocol.encode(
         protocol.GRADS, arrays, step=0, version=0, bucket=bucket, rank=rank, nodes=[list(n) for n in nodes],
-        counts=counts, loss=0.0, correct=0, compute_s=0.5, started=1.0, taken=[0.0, 0.0], shared=False,
+        counts=counts, loss=0.0, correct=0, compute_s=0.5, started=1.0, taken=[0.0, 0.0], prepared=[],
+        shared=False,
     )  # fmt: skip
     return protocol.decode(frames)
 

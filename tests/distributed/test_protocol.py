@@ -69,6 +69,7 @@ def test_every_message_type_round_trips():
             "compute_s": 0.01,
             "started": 12.5,
             "taken": [12.1, 12.2, 0.0],
+            "prepared": [12.0, 0.25],
             "shared": True,
         },
         protocol.HEARTBEAT: {"rank": 2, "answered": 5},
@@ -138,6 +139,7 @@ def test_a_float_field_takes_finite_numbers_only(loss, reason):
         "compute_s": 0.0,
         "started": 0.0,
         "taken": [],
+        "prepared": [],
         "shared": False,
         "arrays": [],
     }

@@ -29,8 +29,8 @@ def test_boot_id_is_this_machines():
 def test_a_step_adds_up_and_gives_per_bucket_times_after_its_start():
     stats = EpochStats()
     answers = [  # the last bucket's answers: each ends its worker's job
-        {"compute_s": 0.006, "started": 100.001, "loss": 1.0, "correct": 3},
-        {"compute_s": 0.008, "started": 100.001, "loss": 2.0, "correct": 4},
+        {"compute_s": 0.006, "started": 100.001, "loss": 1.0, "correct": 3, "prepared": []},
+        {"compute_s": 0.008, "started": 100.001, "loss": 2.0, "correct": 4, "prepared": []},
     ]
     times = ([100.004, 100.009], [100.005, 100.0095], [100.006, 100.0099])
     stats.add_step(64, answers, (5.0, 5.010), (100.0, 100.010), 0.001, True, times)
@@ -47,6 +47,28 @@ def test_a_step_adds_up_and_gives_per_bucket_times_after_its_start():
     assert stats.timing()["bucket_taken_ms"] == [6.1, 10.3]
     stats.add_step(64, answers, (5.0, 5.010), None, 0.001, True, times)  # another machine's clock
     assert stats.timing()["exposed_comm_ms"] is None and len(stats.bucket_ready) == 2
+
+
+def test_a_next_batch_made_ahead_counts_as_computing_in_the_steps_it_covers():
+    def answer(started: float, seconds: float, prepared: list[float]) -> dict:
+        return {"compute_s": seconds, "started": started, "loss": 0.0, "correct": 0, "prepared": prepared}
+
+    times = ([], [], [])
+    stats = EpochStats()
+    # worker 0 computes [100.001, 100.007], worker 1 [100.001, 100.009]: 1 ms before, 1 ms after
+    first = [answer(100.001, 0.006, []), answer(100.001, 0.008, [])]
+    stats.add_step(64, first, (5.0, 5.010), (100.0, 100.010), 0.001, True, times)
+    assert stats.timing()["exposed_comm_ms"] == pytest.approx(2.0)
+    # their next answers say when they made this batch: worker 0 within its own idle time (which
+    # worker 1's compute covered anyway), worker 1 from 100.009 to 100.0105, into this step
+    second = [answer(100.011, 0.008, [100.007, 0.002]), answer(100.011, 0.008, [100.009, 0.0015])]
+    stats.add_step(64, second, (5.010, 5.020), (100.010, 100.020), 0.001, True, times)
+    # the first step: 1 ms (before the workers started); the second: 0.5 ms before, 1 ms after
+    assert stats.exposed == pytest.approx(0.001 + 0.0015)
+    # a step on another machine's clock (unknown), then one whose step before is unknown: nothing
+    # to take off either
+    stats.add_step(64, second, (5.020, 5.030), None, 0.001, True, times)
+    assert stats.window is None and stats.timing()["exposed_comm_ms"] is None
 
 
 def test_update_times_are_taken_from_the_next_answers_relative_to_the_step_before():

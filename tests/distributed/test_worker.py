@@ -264,12 +264,21 @@ def test_preparing_stops_when_the_parameters_come_and_the_job_makes_the_rest(dat
         worker = Worker(1, data)
         welcome(worker, config)
         with threadpool_limits(1):
-            worker.handle(params(net, [(2, 4)], index=5))
+            first = worker.handle(params(net, [(2, 4)], index=5))
             asked = iter(range(10))  # until() is asked before each shard
             worker.prepare_next(until=lambda asked=asked, prepared=prepared: next(asked) >= prepared)
             assert len(worker.prepared) == prepared
             replies = worker.handle(params(net, [(2, 4)], index=6))
         answers.append([a.tobytes() for frames in replies for a in protocol.decode(frames).arrays])
+        # each GRADS says when the worker made its batch ahead, if it made any (stats.EpochStats)
+        assert all(protocol.decode(frames)["prepared"] == [] for frames in first)
+        for frames in replies:
+            msg = protocol.decode(frames)
+            if prepared:
+                start, seconds = msg["prepared"]
+                assert seconds > 0 and start + seconds <= msg["started"]
+            else:
+                assert msg["prepared"] == []
     assert answers[0] == answers[1] == answers[2]
 
 
