@@ -17,6 +17,8 @@ BUCKET_MODES = ("auto", "stream", "one")  # --buckets
 # wakes slowly. $NUMPY_CNN_SPIN_US sets it, in microseconds (0: never).
 SPIN_ENV = "NUMPY_CNN_SPIN_US"
 SPIN_S = 0.001
+# how long the server polls, from a step's first finished job, for the rest of its gradients
+POLL_S = 0.005
 
 
 @dataclass
@@ -123,6 +125,18 @@ def spin_for(workers: int, cores: int | None = None) -> float:
     SPIN_S while each can have a core (a woken server takes a core from a polling worker), else
     none, for polling would take a core from a worker that computes."""
     return SPIN_S if workers <= (machine_cores() if cores is None else cores) else 0.0
+
+
+def server_poll(parallel: bool) -> float:
+    """Seconds the server polls for the rest of a step's gradients, from the step's first answer,
+    while fewer of its machine's workers still compute than it has cores (ParameterServer._poll);
+    none for in-process workers, or where $NUMPY_CNN_SPIN_US is 0 (no process polls then).
+
+    Asleep, the server is woken on the core of the worker that answers last (a Unix socket wakes
+    its reader where the writer runs, the other core being busy with a polling worker), and waits
+    there behind that worker's next batch. Polling, it is already running, on the core of a
+    worker that is done, and sums and updates there while the last one makes its next batch."""
+    return POLL_S if parallel and spin_seconds(os.environ.get(SPIN_ENV)) != 0 else 0.0
 
 
 def local_spin(workers_here: int, cores: int | None = None) -> dict[str, str]:

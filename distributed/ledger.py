@@ -30,6 +30,7 @@ class StepLedger:
         self.arrived: list[list[Message]] = [[] for _ in buckets]  # the answers that brought them
         self.updated: set[int] = set()  # buckets the server has updated this step
         self.answers: list[Message] = []  # accepted answers of the last bucket
+        self.first_done: float | None = None  # when the first of them came (monotonic)
         self.ready: list[float] = [0.0] * len(buckets)  # when each bucket's last sum was ready
         self.came_in: list[float] = [0.0] * len(buckets)  # when it was all in, on the server's clock
         self.bounds: list[tuple[int, int]] = []  # the micro-shards' sample ranges in this batch
@@ -38,7 +39,7 @@ class StepLedger:
     def start(self, batch_length: int, work: dict[int, list[Node]]) -> None:
         """A new step over a batch of `batch_length` samples; `work` says who computes what (empty:
         nobody can yet, and every node waits for the first worker to be ready)."""
-        self.answers, self.updated = [], set()
+        self.answers, self.updated, self.first_done = [], set(), None
         self.ready = [0.0] * len(self.buckets)
         self.came_in = [0.0] * len(self.buckets)
         self.bounds = shard_bounds(batch_length, self.shards)
@@ -70,6 +71,10 @@ class StepLedger:
         for node, bs in owes.items():
             groups.setdefault(tuple(bs), []).append(node)
         return [(bs, sorted(nodes)) for bs, nodes in groups.items()]
+
+    def computing(self) -> set[int]:
+        """The ranks that still owe something this step."""
+        return {rank for owner in self.owner for rank in owner.values() if rank is not None}
 
     def assign(self, buckets: Sequence[int], nodes: Sequence[Node], rank: int | None) -> None:
         for b in buckets:
@@ -119,6 +124,7 @@ class StepLedger:
         self.came_in[b] = time.monotonic()
         if b == self.last:
             self.answers.append(msg)
+            self.first_done = self.first_done or self.came_in[b]
         return b
 
     def gradient(self, bucket: int) -> np.ndarray:

@@ -24,7 +24,7 @@ from numpy_cnn.shards import Node
 from numpy_cnn.trace import OFF
 
 from . import accept, agreement, epochs, protocol
-from .config import JobConfig
+from .config import JobConfig, machine_cores, server_poll
 from .ledger import Owed, StepLedger
 from .members import DEBUGGER_HINT, Member, WorkerLost
 from .memory import ServerFiles
@@ -88,8 +88,8 @@ class ParameterServer:
         self.last_plan: dict[int, list[Node]] = {}  # who computed what at the last step
         self.events = events or (lambda event: None)
         self.log = log
-        self.rejected = 0
-        self.lost = 0  # workers dropped so far
+        self.rejected, self.lost = 0, 0  # messages rejected, workers dropped so far
+        self.poll_s, self.cores = server_poll(transport.parallel), machine_cores()  # see _poll
         self.trace = OFF  # --trace: run() makes the real one
 
     @property
@@ -110,12 +110,20 @@ class ParameterServer:
                 self.next_tick = now + self.interval
                 self._tick(now)
                 continue
-            got = self.transport.recv(self.next_tick - now)
+            got = self.transport.recv(self.next_tick - now, self._poll(now))
             if got is None:
                 if not self.transport.parallel:  # in-process workers answer at once, or never
                     raise RuntimeError("the in-process workers did not answer")
                 continue
             self._on_message(*got)
+
+    def _poll(self, now: float) -> float:
+        """Seconds to poll before sleeping for the next message (config.server_poll)."""
+        first = self.ledger.first_done
+        if first is None or now > first + self.poll_s:
+            return 0.0
+        here = sum(r in self.members and self.members[r].boot == self.boot for r in self.ledger.computing())
+        return first + self.poll_s - now if here < self.cores else 0.0
 
     def _on_message(self, peer: bytes, frames: list) -> None:
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -36,8 +37,9 @@ class Transport(Protocol):
     def send(self, peer: bytes, frames: Sequence[Any]) -> None:
         """Queue `frames` for `peer`; ConnectionError if it cannot be reached."""
 
-    def recv(self, timeout: float) -> tuple[bytes, list] | None:
-        """The next (peer, frames), or None after `timeout` seconds."""
+    def recv(self, timeout: float, poll: float = 0.0) -> tuple[bytes, list] | None:
+        """The next (peer, frames), or None after `timeout` seconds; the first `poll` of them
+        (at most) spent looking without sleeping, the core yielded between looks."""
 
     def local(self, peer: bytes) -> bool:
         """Whether `peer` is on this machine and can map the files `share` makes."""
@@ -160,8 +162,17 @@ class ZmqServerTransport:
             raise ConnectionError(f"cannot send to peer {peer.hex()}: {e}") from None
         self.sent_bytes += _nbytes(frames)
 
-    def recv(self, timeout: float) -> tuple[bytes, list] | None:
-        ready = dict(self.poller.poll(int(timeout * 1000)))
+    def recv(self, timeout: float, poll: float = 0.0) -> tuple[bytes, list] | None:
+        if poll > 0.0:
+            end = time.perf_counter() + min(poll, timeout)
+            while time.perf_counter() < end:
+                got = self._take(dict(self.poller.poll(0)))
+                if got is not None:
+                    return got
+                os.sched_yield()  # a worker that waits on this core may have its PARAMS
+        return self._take(dict(self.poller.poll(int(timeout * 1000))))
+
+    def _take(self, ready: dict) -> tuple[bytes, list] | None:
         for fd in self.lanes.fds() if self.lanes is not None else ():
             if ready.get(fd):
                 peer, packet = self.lanes.receive(fd)
@@ -264,7 +275,7 @@ class LocalTransport:
         for reply in self.workers[peer].handle(protocol.decode(frames)):  # a GRADS per bucket
             self._deliver_reply(peer, reply)
 
-    def recv(self, timeout: float) -> tuple[bytes, list] | None:
+    def recv(self, timeout: float, poll: float = 0.0) -> tuple[bytes, list] | None:
         # nothing queued means nothing will come: there is nobody else to send it
         return self.inbox.popleft() if self.inbox else None
 

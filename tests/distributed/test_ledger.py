@@ -50,6 +50,23 @@ def test_a_lost_worker_owes_only_the_buckets_it_did_not_send():
     assert ledger.owed_by(0) == [((0, 1), [(0, 1)])]
 
 
+def test_the_ranks_still_computing_and_when_the_first_job_ended():
+    ledger = StepLedger(2, BUCKETS)
+    ledger.start(4, {0: [(0, 1)], 1: [(1, 2)]})
+    sums = [np.zeros(5, np.float32)]
+    assert ledger.computing() == {0, 1} and ledger.first_done is None
+    ledger.accept(grads([(1, 2)], [2], sums, rank=1, bucket=0))
+    assert ledger.computing() == {0, 1} and ledger.first_done is None  # worker 1 owes bucket 1 yet
+    ledger.accept(grads([(1, 2)], [2], sums, rank=1, bucket=1))  # its job's last bucket: it is done
+    assert ledger.computing() == {0} and ledger.first_done == ledger.came_in[1]
+    first = ledger.first_done
+    for bucket in (0, 1):
+        ledger.accept(grads([(0, 1)], [2], sums, rank=0, bucket=bucket))
+    assert ledger.computing() == set() and ledger.first_done == first  # the first, not the last
+    ledger.start(4, {0: [(0, 2)]})
+    assert ledger.computing() == {0} and ledger.first_done is None
+
+
 def test_checks_and_sums_answers_in_the_fixed_tree():
     rng = np.random.default_rng(0)
     leaves = {(k, k + 1): [rng.standard_normal(7).astype(np.float32)] for k in range(4)}
