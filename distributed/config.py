@@ -129,8 +129,9 @@ def spin_for(workers: int, cores: int | None = None) -> float:
 
 def server_poll(parallel: bool) -> float:
     """Seconds the server polls for the rest of a step's gradients, from the step's first answer,
-    while fewer of its machine's workers still compute than it has cores (ParameterServer._poll);
-    none for in-process workers, or where $NUMPY_CNN_SPIN_US is 0 (no process polls then).
+    where its machine's workers have a core each and fewer of them still compute than it has
+    cores (ParameterServer._poll): a polling server then takes no core from a worker that
+    computes. None for in-process workers, or where $NUMPY_CNN_SPIN_US is 0 (no process polls).
 
     Asleep, the server is woken on the core of the worker that answers last (a Unix socket wakes
     its reader where the writer runs, the other core being busy with a polling worker), and waits

@@ -119,11 +119,10 @@ class ParameterServer:
 
     def _poll(self, now: float) -> float:
         """Seconds to poll before sleeping for the next message (config.server_poll)."""
-        first = self.ledger.first_done
-        if first is None or now > first + self.poll_s:
+        first, here = self.ledger.first_done, {r for r, m in self.members.items() if m.boot == self.boot}
+        if first is None or len(here) > self.cores or len(here & self.ledger.computing()) >= self.cores:
             return 0.0
-        here = sum(r in self.members and self.members[r].boot == self.boot for r in self.ledger.computing())
-        return first + self.poll_s - now if here < self.cores else 0.0
+        return max(0.0, first + self.poll_s - now)
 
     def _on_message(self, peer: bytes, frames: list) -> None:
         try:

@@ -1,6 +1,6 @@
 """The server polls for the rest of a step's gradients, from its first answer, while a core of its
-machine is free of computing workers (config.server_poll, ParameterServer._poll), over real
-sockets (ZmqServerTransport.recv)."""
+machine is free of computing workers and each of its workers has one (config.server_poll,
+ParameterServer._poll), over real sockets (ZmqServerTransport.recv)."""
 
 from __future__ import annotations
 
@@ -52,8 +52,10 @@ def test_the_server_polls_from_a_steps_first_answer_while_a_core_is_free(data):
     assert server.ledger.computing() == {1, 2}
     assert server._poll(10.001) == pytest.approx(0.004)  # one core is free: poll the rest of 5 ms
     assert server._poll(10.006) == 0.0  # past it: sleep
-    server.members[2].boot = server.boot  # all three on this machine: two still compute
-    assert server._poll(10.001) == 0.0
+    server.members[2].boot = server.boot  # all three on this machine's two cores: never poll,
+    assert server._poll(10.001) == 0.0  # for a polling server would take a computing worker's core
+    server.ledger.release(range(len(server.buckets)), [(2, 4)])  # (even with one left computing)
+    assert server.ledger.computing() == {2} and server._poll(10.001) == 0.0
 
 
 @pytest.fixture
