@@ -43,9 +43,13 @@ def why_not(server: Server, peer: bytes, msg: Message) -> str | None:
     taken, buckets = msg["taken"], len(server.buckets)
     if len(taken) != buckets or not all(type(t) is float and t >= 0.0 for t in taken):
         return f"taken {taken!r:.200} is not {buckets} times, one per bucket"
-    made = msg["prepared"]
-    if made and not (len(made) == 2 and all(type(t) is float and 0.0 <= t < math.inf for t in made)):
-        return f"prepared {made!r:.200} is not [start, seconds]"
+    made = msg["prepared"]  # made after the job before, so before this one started
+    if made and not (
+        len(made) == 2
+        and all(type(t) is float and 0.0 <= t < math.inf for t in made)
+        and made[0] + made[1] <= msg["started"]
+    ):
+        return f"prepared {made!r:.200} is not [start, seconds] before the job started"
     shape, dtype = (server.layout.length(msg["bucket"]),), server.params[0].dtype
     for i, a in enumerate(msg.arrays):  # one flat array per node
         if a.shape != shape or a.dtype != dtype:

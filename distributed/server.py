@@ -111,18 +111,19 @@ class ParameterServer:
                 self._tick(now)
                 continue
             got = self.transport.recv(self.next_tick - now, self._poll(now))
-            if got is None:
-                if not self.transport.parallel:  # in-process workers answer at once, or never
-                    raise RuntimeError("the in-process workers did not answer")
-                continue
-            self._on_message(*got)
+            if got is None and not self.transport.parallel:  # in-process workers answer at once, or never
+                raise RuntimeError("the in-process workers did not answer")
+            if got is not None:
+                self._on_message(*got)
 
     def _poll(self, now: float) -> float:
         """Seconds to poll before sleeping for the next message (config.server_poll)."""
-        first, here = self.ledger.first_done, {r for r, m in self.members.items() if m.boot == self.boot}
-        if first is None or len(here) > self.cores or len(here & self.ledger.computing()) >= self.cores:
+        first = self.ledger.first_done
+        if first is None or now >= first + self.poll_s:  # (poll_s 0: never)
             return 0.0
-        return max(0.0, first + self.poll_s - now)
+        here = {r for r, m in self.members.items() if m.boot == self.boot}  # this machine's workers
+        busy = len(here) > self.cores or len(here & self.ledger.computing()) >= self.cores
+        return 0.0 if busy else first + self.poll_s - now
 
     def _on_message(self, peer: bytes, frames: list) -> None:
         try:

@@ -124,7 +124,8 @@ class EpochStats:
             "correct": correct,
             "samples": samples,
             "split": {"compute": compute, "comm": comm, "update": update},
-            "exposed": exposed if self.exposed_known else None,
+            # the steps' own batches made ahead come off with the next answers: never below 0
+            "exposed": max(0.0, exposed) if self.exposed_known else None,
         }
 
     def add_exposed(self, start: float, end: float, intervals: list[tuple[float, float]] | None) -> None:

@@ -163,14 +163,15 @@ class ZmqServerTransport:
         self.sent_bytes += _nbytes(frames)
 
     def recv(self, timeout: float, poll: float = 0.0) -> tuple[bytes, list] | None:
+        end = time.perf_counter() + timeout
         if poll > 0.0:
-            end = time.perf_counter() + min(poll, timeout)
-            while time.perf_counter() < end:
+            polled = time.perf_counter() + min(poll, timeout)
+            while time.perf_counter() < polled:
                 got = self._take(dict(self.poller.poll(0)))
                 if got is not None:
                     return got
                 os.sched_yield()  # a worker that waits on this core may have its PARAMS
-        return self._take(dict(self.poller.poll(int(timeout * 1000))))
+        return self._take(dict(self.poller.poll(int(max(0.0, end - time.perf_counter()) * 1000))))
 
     def _take(self, ready: dict) -> tuple[bytes, list] | None:
         for fd in self.lanes.fds() if self.lanes is not None else ():

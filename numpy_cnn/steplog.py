@@ -7,8 +7,10 @@ run's step count is a multiple of it) it hands `write` one record:
 
 loss and train_acc are over the samples of those `steps` steps, lr is the last one's rate. `launch`
 adds the split of a step, means in ms: step_ms = compute_ms + comm_ms + update_ms, and
-exposed_comm_ms (the part of comm in which no worker computed; null when a worker's clock is not
-the server's). The trainers flush it at the end of each epoch, before the epoch's line, so a
+exposed_comm_ms (the part of comm in which no worker computed or made its next batch ahead; a
+worker says when it made that batch with its next answers, so the time the last step of a line
+covered that way comes off the next line, never below 0; null when a worker's clock is not the
+server's). The trainers flush it at the end of each epoch, before the epoch's line, so a
 line never spans two epochs and the last steps of a run are never left out. A resumed run
 counts from its checkpoint's step, so its first line may cover fewer steps (`steps` says how
 many); the earlier run's lines after that step are superseded (numpy_cnn/records.py).

@@ -290,6 +290,9 @@ def test_forged_bucket_messages_from_a_registered_worker_are_each_rejected(mnist
                     again({"taken": [-1.0, 0.0, 0.0]}),
                     again({"prepared": [1.0]}),
                     again({"prepared": [1.0, float("nan")]}),
+                    again({"prepared": [True, 0.5]}),
+                    again({"prepared": [0.25, 0.25, 0.25]}),
+                    again({"prepared": [0.0, 1e300]}),  # ends after the job started
                     again({"shared": True}, arrays=[]),  # in-process: it has no gradient file
                 ):
                     send(fake)
@@ -302,8 +305,8 @@ def test_forged_bucket_messages_from_a_registered_worker_are_each_rejected(mnist
     server = ParameterServer(config, LocalTransport([Worker(0, data), Forger(1, data)]), data)
     with caplog.at_level(logging.WARNING, logger="numpy_cnn.distributed.server"):
         server.run()
-    # 13 per bucket of each of 4 steps; the duplicate of the very last may still be queued at the end
-    assert 4 * 3 * 13 - 1 <= server.rejected <= 4 * 3 * 13 and server.lost == 0
+    # 16 per bucket of each of 4 steps; the duplicate of the very last may still be queued at the end
+    assert 4 * 3 * 16 - 1 <= server.rejected <= 4 * 3 * 16 and server.lost == 0
     for reason in (
         "expected step 0 version 0",
         "bucket 7, but there are 3",
@@ -314,8 +317,11 @@ def test_forged_bucket_messages_from_a_registered_worker_are_each_rejected(mnist
         "(a duplicate, or not its work)",
         "taken [1.0] is not 3 times, one per bucket",
         "taken [-1.0, 0.0, 0.0] is not 3 times, one per bucket",
-        "prepared [1.0] is not [start, seconds]",
+        "prepared [1.0] is not [start, seconds] before the job started",
         "prepared [1.0, nan] is not [start, seconds]",
+        "prepared [True, 0.5] is not [start, seconds]",
+        "prepared [0.25, 0.25, 0.25] is not [start, seconds]",
+        "prepared [0.0, 1e+300] is not [start, seconds] before the job started",
         "shared gradients from a worker that has no gradient file",
     ):
         assert reason in caplog.text, reason

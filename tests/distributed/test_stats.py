@@ -69,6 +69,23 @@ def test_a_next_batch_made_ahead_counts_as_computing_in_the_steps_it_covers():
     # to take off either
     stats.add_step(64, second, (5.020, 5.030), None, 0.001, True, times)
     assert stats.window is None and stats.timing()["exposed_comm_ms"] is None
+    stats.add_step(64, second, (5.030, 5.040), (100.030, 100.040), 0.001, True, times)
+    # a known step after it starts afresh: its own window (the intervals all lie before it), and
+    # no correction of the unknown one
+    assert stats.window[:2] == (100.030, 100.040) and len(stats.window[2]) == 4
+    assert stats.exposed == pytest.approx(0.0025 + 0.010) and stats.timing()["exposed_comm_ms"] is None
+
+
+def test_a_lines_exposed_time_never_goes_below_zero():
+    """The batches made during a line's last step come off the next line (StepLog's records)."""
+    stats = EpochStats()
+    answers = [{"compute_s": 0.008, "started": 100.001, "loss": 0.0, "correct": 0, "prepared": []}]
+    stats.add_step(64, answers, (5.0, 5.010), (100.0, 100.010), 0.001, True, ([], [], []))
+    before = stats.totals()  # a line ends here, with 2 ms exposed
+    answers = [{"compute_s": 0.010, "started": 100.010, "loss": 0.0, "correct": 0, "prepared": [100.0, 0.01]}]
+    stats.add_step(64, answers, (5.010, 5.020), (100.010, 100.020), 0.001, True, ([], [], []))
+    assert stats.exposed == pytest.approx(0.0)  # the batch covered the first step's 2 ms
+    assert stats.since(before)["exposed"] == 0.0  # not -0.002
 
 
 def test_update_times_are_taken_from_the_next_answers_relative_to_the_step_before():
