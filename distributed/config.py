@@ -111,10 +111,8 @@ def spin_seconds(value: str | None) -> float | None:
     """$NUMPY_CNN_SPIN_US in seconds; None where it is unset or empty (the default applies)."""
     if value is None or not value.strip():
         return None
-    try:
-        us = int(value)
-    except ValueError:
-        us = -1
+    digits = value.strip()  # plain digits: int() would also take "1_000", "+5" and other scripts'
+    us = int(digits) if digits.isascii() and digits.isdigit() else -1
     if not 0 <= us <= 1_000_000:
         raise ValueError(f"{SPIN_ENV} must be whole microseconds from 0 to 1000000, got {value!r}")
     return us / 1e6

@@ -4,6 +4,7 @@ old one's state."""
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -128,8 +129,11 @@ def test_the_compute_thread_takes_its_next_job_off_the_socket_itself(
 def test_spin_seconds_reads_microseconds_and_names_the_variable():
     assert spin_seconds(None) is None and spin_seconds("") is None and spin_seconds(" ") is None
     assert spin_seconds("0") == 0.0 and spin_seconds("250") == 0.00025 and spin_seconds("1000000") == 1.0
-    for bad in ("abc", "-1", "0.5", "1000001"):
-        with pytest.raises(ValueError, match=f"NUMPY_CNN_SPIN_US must be whole microseconds .* got {bad!r}"):
+    assert spin_seconds(" 250 ") == 0.00025
+    for bad in ("abc", "-1", "0.5", "1000001", "1_000", "+5", "\u0663"):
+        with pytest.raises(
+            ValueError, match="NUMPY_CNN_SPIN_US must be whole microseconds .* got " + re.escape(repr(bad))
+        ):
             spin_seconds(bad)
 
 

@@ -198,8 +198,9 @@ def test_any_worker_count_and_single_process_give_the_same_bits(mnist_dir, tmp_p
     settings, record = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert settings["type"] == "config" and settings["workers"] == 2 and "threads" not in settings
     assert record["step"] == steps and 0 < record["test_acc"] <= 1
-    for key in ("loss", "train_acc", "seconds", "samples_per_s", "compute_ms", "comm_ms", "update_ms"):
+    for key in ("loss", "train_acc", "seconds", "samples_per_s", "compute_ms", "update_ms"):
         assert record[key] > 0, key
+    assert record["comm_ms"] >= 0  # streaming, the update overlaps the computing: it may leave none
     # local workers share the server's clock: the part of a step no worker computes is known
     assert 0 < record["exposed_comm_ms"] < record["step_ms"]
     # over the Unix socket the arrays lie in shared memory: only the headers cross it

@@ -53,7 +53,9 @@ def test_step_lines_and_a_trace_leave_the_weights_alone(mnist_dir, tmp_path, mod
     for r in records[1:4]:
         assert r["epoch"] == 1 and r["steps"] == (2 if r["step"] == 12 else 5) and 0 < r["lr"] <= 2e-3
         assert r["loss"] > 0 and 0 <= r["train_acc"] <= 1
-        assert r["compute_ms"] > 0 and r["comm_ms"] > 0 and r["update_ms"] > 0
+        # comm is what the step's span leaves after compute and update, at least 0: streaming, the
+        # update overlaps the computing, and a server polling for the last bucket can leave none
+        assert r["compute_ms"] > 0 and r["comm_ms"] >= 0 and r["update_ms"] > 0
         assert r["step_ms"] == pytest.approx(r["compute_ms"] + r["comm_ms"] + r["update_ms"], abs=2e-3)
         assert r["exposed_comm_ms"] is not None  # the workers share the server's clock
     epoch = records[4]
