@@ -124,7 +124,8 @@ class StepLedger:
         self.came_in[b] = time.monotonic()
         if b == self.last:
             self.answers.append(msg)
-            self.first_done = self.first_done or self.came_in[b]
+            if self.first_done is None:
+                self.first_done = self.came_in[b]
         return b
 
     def gradient(self, bucket: int) -> np.ndarray:

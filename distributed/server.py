@@ -111,10 +111,10 @@ class ParameterServer:
                 self._tick(now)
                 continue
             got = self.transport.recv(self.next_tick - now, self._poll(now))
-            if got is None and not self.transport.parallel:  # in-process workers answer at once, or never
-                raise RuntimeError("the in-process workers did not answer")
             if got is not None:
                 self._on_message(*got)
+            elif not self.transport.parallel:  # in-process workers answer at once, or never
+                raise RuntimeError("the in-process workers did not answer")
 
     def _poll(self, now: float) -> float:
         """Seconds to poll before sleeping for the next message (config.server_poll)."""
